@@ -1,0 +1,57 @@
+"""The `winnow` command.
+
+Each group of subcommands lives in its own module, which exposes ``register(subparsers)``:
+it adds its parsers and sets ``func`` on each (a callable taking the parsed namespace and
+returning an exit code). Modules are imported here, but heavy libraries (Ray, torch) are
+imported only inside the ``func`` that needs them, so ``winnow sql`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# Modules that contribute subcommands. A module listed here that does not exist yet is skipped,
+# so the CLI keeps working while the project grows.
+_COMMAND_MODULES = (
+    "pipelines.cli_store",
+    "pipelines.cli_score",
+    "pipelines.cli_report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="winnow",
+        description="Score training examples, inspect the scores with SQL, train on what matters.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        print(f"winnow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""The math of data selection: per-example scores and choosers. Arrays in, arrays out."""
+
+__all__: list[str] = []

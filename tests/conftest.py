@@ -1,0 +1,48 @@
+"""Shared fixtures: one local Ray for the whole session, and MNIST-1D generated once."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+for _key, _value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray (2 CPUs) shared by every Ray test of the session."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        object_store_memory=1 << 30,
+    )
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mnist1d_small():
+    """MNIST-1D, default generator settings (4000 train / 1000 test), float32/int64 arrays."""
+    from pipelines.toydata import make_mnist1d
+
+    return make_mnist1d(num_samples=5000, seed=42)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
