@@ -1,0 +1,124 @@
+"""Distributed helpers shared by every sampler: rank/world resolution, sharding, feedback gather.
+
+Private to ``samplers``. Everything here is a no-op (or the identity) when ``torch.distributed``
+is not initialised, so single-process code paths and tests need no special casing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["resolve_rank_world", "shard", "shard_length", "all_gather_feedback", "is_distributed"]
+
+
+def is_distributed() -> bool:
+    """True when ``torch.distributed`` is available and a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Return ``(rank, world_size)``: the given values, else the process group's, else ``(0, 1)``.
+
+    Raises ``ValueError`` if ``world_size < 1`` or ``rank`` is not in ``[0, world_size)``.
+    """
+    if world_size is None:
+        world_size = dist.get_world_size() if is_distributed() else 1
+    if rank is None:
+        rank = dist.get_rank() if is_distributed() else 0
+    if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer):
+        raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return int(rank), int(world_size)
+
+
+def shard_length(plan_length: int, world_size: int, *, drop_last: bool) -> int:
+    """Per-rank length of a plan of ``plan_length`` ids, exactly as ``DistributedSampler``.
+
+    ``drop_last=True`` drops the tail so every rank gets ``plan_length // world_size`` ids;
+    ``drop_last=False`` pads (by wrapping around the plan) to ``ceil(plan_length / world_size)``.
+    """
+    if drop_last:
+        return plan_length // world_size
+    return -(-plan_length // world_size)
+
+
+def shard(plan: np.ndarray, rank: int, world_size: int, *, drop_last: bool) -> np.ndarray:
+    """Rank ``rank``'s share of ``plan`` (1-D ids), with ``DistributedSampler`` semantics.
+
+    The plan is padded by repeating it from its start (``drop_last=False``) or truncated
+    (``drop_last=True``) to ``world_size * shard_length``; rank ``r`` takes ``[r::world_size]``.
+    Returns a new array of the plan's dtype; for ``world_size == 1`` returns ``plan`` itself.
+    """
+    plan = np.asarray(plan)
+    if plan.ndim != 1:
+        raise ValueError(f"plan must be 1-D, got shape {plan.shape}")
+    if world_size == 1:
+        return plan
+    per_rank = shard_length(len(plan), world_size, drop_last=drop_last)
+    total = per_rank * world_size
+    if total > len(plan):
+        if len(plan) == 0:
+            return plan[:0].copy()
+        reps = -(-total // len(plan))
+        plan = np.tile(plan, reps)[:total]
+    return plan[rank:total:world_size].copy()
+
+
+def _gather_device(losses: torch.Tensor) -> torch.device:
+    """Device the collective runs on: the losses' CUDA device for NCCL, else the CPU."""
+    backend = dist.get_backend()
+    if backend == "nccl":
+        if losses.device.type == "cuda":
+            return losses.device
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_feedback(
+    ids: torch.Tensor, losses: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather ``(ids, losses)`` from every rank, concatenated in rank order.
+
+    ``ids``: 1-D integer tensor, any device; gathered as **int64** (never packed into the loss
+    dtype, which corrupts ids above 2^11 in fp16). ``losses``: 1-D floating tensor of the same
+    length. Ranks may contribute different lengths (sizes are gathered first, then padded).
+    Not distributed: returns ``(ids as int64, losses)`` unchanged, on their own devices.
+    Distributed: results live on the collective's device (CPU for gloo, CUDA for NCCL); every
+    rank must call this the same number of times (it is a collective).
+    """
+    if ids.ndim != 1 or losses.ndim != 1:
+        raise ValueError(
+            f"ids and losses must be 1-D, got shapes {tuple(ids.shape)} and {tuple(losses.shape)}"
+        )
+    if ids.shape[0] != losses.shape[0]:
+        raise ValueError(f"ids has {ids.shape[0]} entries but losses has {losses.shape[0]}")
+    ids = ids.to(torch.int64)
+    if not is_distributed() or dist.get_world_size() == 1:
+        return ids, losses
+    device = _gather_device(losses)
+    world = dist.get_world_size()
+    ids = ids.to(device)
+    losses = losses.detach().to(device)
+    size = torch.tensor([ids.shape[0]], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    pad = longest - ids.shape[0]
+    if pad:
+        ids = torch.cat([ids, ids.new_zeros(pad)])
+        losses = torch.cat([losses, losses.new_zeros(pad)])
+    id_parts = [torch.empty_like(ids) for _ in range(world)]
+    loss_parts = [torch.empty_like(losses) for _ in range(world)]
+    dist.all_gather(id_parts, ids)
+    dist.all_gather(loss_parts, losses)
+    ids_all = torch.cat([part[:n] for part, n in zip(id_parts, counts, strict=True)])
+    losses_all = torch.cat([part[:n] for part, n in zip(loss_parts, counts, strict=True)])
+    return ids_all, losses_all
