@@ -1,3 +1,27 @@
-"""The score store: Parquet files on disk, DuckDB views for SQL."""
+"""The score store: Parquet files on disk (or any pyarrow filesystem), DuckDB views for SQL.
 
-__all__: list[str] = []
+>>> s = ScoreStore("winnow-store")
+>>> s.write("run1", "loss", ids, losses, shard=0)
+>>> values, present = s.read("run1", "loss")
+>>> s.sql("SELECT example_id, value FROM scores WHERE metric = 'loss' ORDER BY value DESC LIMIT 10")
+"""
+
+from store.errors import (
+    CorruptFileError,
+    ReadOnlyQueryError,
+    StoreLookupError,
+    UnknownMetricError,
+    UnknownRunError,
+)
+from store.score_store import ScoreStore
+from store.trace import TraceWriter
+
+__all__ = [
+    "CorruptFileError",
+    "ReadOnlyQueryError",
+    "ScoreStore",
+    "StoreLookupError",
+    "TraceWriter",
+    "UnknownMetricError",
+    "UnknownRunError",
+]

@@ -1,0 +1,95 @@
+"""Parquet files of the store: their explicit schemas, atomic writing, validated reading."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.errors import CorruptFileError
+from store.layout import StoreFS
+
+__all__ = [
+    "SCORES_SCHEMA",
+    "TRACE_SCHEMA",
+    "count_rows",
+    "read_checked",
+    "vectors_schema",
+    "write_parquet",
+]
+
+SCORES_SCHEMA = pa.schema(
+    [pa.field("example_id", pa.int64(), nullable=False), pa.field("value", pa.float32())]
+)
+TRACE_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.int64(), nullable=False),
+        pa.field("loss", pa.float32()),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+_COMPRESSION = "zstd"
+
+
+def vectors_schema(dim: int) -> pa.Schema:
+    """``(example_id int64, vector fixed_size_list<float16>[dim])``."""
+    return pa.schema(
+        [
+            pa.field("example_id", pa.int64(), nullable=False),
+            pa.field("vector", pa.list_(pa.float16(), dim), nullable=False),
+        ]
+    )
+
+
+def write_parquet(sfs: StoreFS, path: str, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` atomically (temporary name, then rename), zstd-compressed."""
+    sfs.write_atomic(
+        path,
+        lambda tmp: pq.write_table(table, tmp, filesystem=sfs.fs, compression=_COMPRESSION),
+    )
+
+
+def _types_match(found: pa.Schema, expected: pa.Schema, exact_vector: bool) -> bool:
+    if found.names[: len(expected)] != expected.names:
+        return False
+    for name in expected.names:
+        want, got = expected.field(name).type, found.field(name).type
+        if not exact_vector and pa.types.is_fixed_size_list(want):
+            if not (pa.types.is_fixed_size_list(got) and got.value_type == want.value_type):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+def read_checked(sfs: StoreFS, path: str, expected: pa.Schema, *, exact: bool = True) -> pa.Table:
+    """Read one store file and check it against the store's schema.
+
+    Args:
+        expected: the columns the file must start with, with these exact types (for a
+            fixed-size-list column with ``exact=False`` only the value type is checked).
+
+    Raises:
+        CorruptFileError: the file is truncated, not Parquet, or has other columns/types; the
+            message names the file.
+    """
+    try:
+        table = pq.read_table(path, filesystem=sfs.fs, columns=expected.names)
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
+    if not _types_match(table.schema, expected, exact):
+        raise CorruptFileError(
+            path, f"expected columns {expected}, found {table.schema}".replace("\n", "; ")
+        )
+    for name in expected.names:
+        if not expected.field(name).nullable and table.column(name).null_count:
+            raise CorruptFileError(path, f"column {name!r} has null values")
+    return table
+
+
+def count_rows(sfs: StoreFS, path: str) -> int:
+    """Number of rows from the Parquet footer (no data read)."""
+    try:
+        return pq.read_metadata(path, filesystem=sfs.fs).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,82 @@
+"""Run manifests: one small JSON document per run, ``runs/<run>.json``, rewritten atomically.
+
+A manifest records what a run is (kind, model identity, dataset size, free-form config), what it
+produced (metrics, row counts per metric, trace rows, vector rows) and its status. It is written
+with status ``running`` when a run begins and rewritten last, after every data file, when it ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+__all__ = ["RUN_KINDS", "RUN_STATUSES", "dumps", "loads", "new_manifest", "now_iso"]
+
+RUN_KINDS = ("scores", "trace", "embeddings", "training")
+RUN_STATUSES = ("running", "complete", "failed", "cancelled")
+_FORMAT_VERSION = 1
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 with seconds, e.g. ``2026-11-23T13:40:00+00:00``."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_manifest(
+    name: str,
+    *,
+    kind: str,
+    config: dict[str, Any] | None,
+    model: Any,
+    num_examples: int | None,
+    metrics: tuple[str, ...],
+) -> dict[str, Any]:
+    """A manifest with status ``running`` and no rows yet."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run kind must be one of {RUN_KINDS}, got {kind!r}")
+    if num_examples is not None:
+        if isinstance(num_examples, bool) or int(num_examples) != num_examples:
+            raise TypeError(f"num_examples must be an int or None, got {num_examples!r}")
+        if num_examples < 0:
+            raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        num_examples = int(num_examples)
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    created = now_iso()
+    manifest = {
+        "format_version": _FORMAT_VERSION,
+        "name": name,
+        "kind": kind,
+        "status": "running",
+        "created": created,
+        "updated": created,
+        "finished": None,
+        "model": model,
+        "num_examples": num_examples,
+        "metrics": list(metrics),
+        "row_counts": {},
+        "trace_rows": 0,
+        "vector_rows": {},
+        "config": config or {},
+        "extra": {},
+    }
+    dumps(manifest)  # fail now, not at finish_run, if config/model are not JSON-serialisable
+    return manifest
+
+
+def dumps(manifest: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"run manifest must be JSON-serialisable (no NaN): {exc}") from None
+
+
+def loads(data: bytes, path: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"run manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "name" not in manifest:
+        raise ValueError(f"run manifest {path} is not a winnow manifest (no 'name' key)")
+    return manifest

@@ -1,0 +1,401 @@
+"""``ScoreStore``: per-example scores in Parquet, keyed by ``example_id``, queryable with SQL."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from store import manifest as mf
+from store import vectors as vec
+from store.errors import UnknownMetricError, UnknownRunError
+from store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
+from store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
+from store.query import SqlEngine
+from store.trace import TraceWriter
+from store.validation import check_ids, check_same_length, check_values
+
+__all__ = ["ScoreStore"]
+
+_DATA_KINDS = ("scores", "trace", "vectors")
+
+
+class ScoreStore:
+    """A directory of Parquet score files, trace files and run manifests.
+
+    Args:
+        root: local path, pyarrow filesystem URI (``file:///...``, ``s3://...``) or
+            ``(pyarrow.fs.FileSystem, path)``. Created on first write.
+
+    Scores are long-format ``(example_id int64, value float32)`` rows per (run, metric), one file
+    per writer shard. Higher or lower scores mean nothing to the store; the metric's producer
+    defines the direction. Every write is atomic, and rewriting a shard replaces it, so many
+    processes may write different shards of one run at the same time and retries never
+    duplicate rows.
+    """
+
+    def __init__(self, root: str | os.PathLike | tuple[pafs.FileSystem, str]) -> None:
+        self._sfs = StoreFS(root)
+        self._engine: SqlEngine | None = None
+
+    @property
+    def root(self) -> str:
+        """The store's root path inside its filesystem."""
+        return self._sfs.root
+
+    def __repr__(self) -> str:
+        return f"ScoreStore({self._sfs.root!r}, fs={type(self._sfs.fs).__name__})"
+
+    # ----------------------------------------------------------------------------- paths
+
+    def _partition(self, kind: str, run: str, key: str | None = None, value: str = "") -> str:
+        parts = [kind, f"run={check_name(run, 'run')}"]
+        if key is not None:
+            parts.append(f"{key}={value}")
+        return self._sfs.path(*parts)
+
+    def _manifest_path(self, run: str) -> str:
+        return self._sfs.path("runs", f"{check_name(run, 'run')}.json")
+
+    # ----------------------------------------------------------------------------- writes
+
+    def write(
+        self,
+        run: str,
+        metric: str,
+        ids: object,
+        values: object,
+        *,
+        shard: int = 0,
+        allow_nan: bool = False,
+    ) -> int:
+        """Store one shard of one metric: ``values[i]`` is the score of example ``ids[i]``.
+
+        Args:
+            ids: [n] unique non-negative integer example ids (numpy, list, tensor, Arrow).
+            values: [n] real scores, stored as float32.
+            shard: writer shard number; writing the same shard again replaces it.
+            allow_nan: store NaN/inf values instead of rejecting them.
+
+        Returns:
+            n, the number of rows written.
+        """
+        check_name(metric, "metric")
+        shard = check_nonnegative_int(shard, "shard")
+        ids_arr = check_ids(ids)
+        values_arr = check_values(values, f"values of metric {metric!r}", allow_nan=allow_nan)
+        check_same_length(ids=ids_arr, values=values_arr)
+        table = pa.Table.from_arrays(
+            [pa.array(ids_arr), pa.array(values_arr)], schema=SCORES_SCHEMA
+        )
+        path = f"{self._partition('scores', run, 'metric', metric)}/{shard_filename(shard)}"
+        write_parquet(self._sfs, path, table)
+        return len(ids_arr)
+
+    def write_table(
+        self, run: str, table: pa.Table, *, shard: int = 0, allow_nan: bool = False
+    ) -> dict[str, int]:
+        """Store several metrics of one shard: ``table`` has ``example_id`` plus metric columns.
+
+        Every column is validated before any file is written; then one file per metric.
+
+        Returns:
+            ``{metric: rows written}``.
+        """
+        if not isinstance(table, pa.Table):
+            table = pa.table(table)
+        if "example_id" not in table.column_names:
+            raise ValueError(f"table needs an 'example_id' column, got {table.column_names}")
+        metrics = [name for name in table.column_names if name != "example_id"]
+        if not metrics:
+            raise ValueError("table needs at least one metric column besides 'example_id'")
+        check_name(run, "run")
+        shard = check_nonnegative_int(shard, "shard")
+        ids = check_ids(table.column("example_id"))
+        columns = {}
+        for metric in metrics:
+            check_name(metric, "metric")
+            columns[metric] = check_values(
+                table.column(metric), f"values of metric {metric!r}", allow_nan=allow_nan
+            )
+        ids_array = pa.array(ids)
+        for metric, values in columns.items():
+            data = pa.Table.from_arrays([ids_array, pa.array(values)], schema=SCORES_SCHEMA)
+            path = f"{self._partition('scores', run, 'metric', metric)}/{shard_filename(shard)}"
+            write_parquet(self._sfs, path, data)
+        return {metric: len(ids) for metric in metrics}
+
+    def write_vectors(
+        self, run: str, name: str, ids: object, vectors: object, *, shard: int = 0
+    ) -> int:
+        """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n."""
+        check_name(name, "vector")
+        shard = check_nonnegative_int(shard, "shard")
+        table = vec.vectors_table(check_ids(ids), vectors)
+        path = f"{self._partition('vectors', run, 'name', name)}/{shard_filename(shard)}"
+        write_parquet(self._sfs, path, table)
+        return table.num_rows
+
+    def trace_writer(self, run: str, *, shard: int = 0) -> TraceWriter:
+        """A writer that samplers call as ``write(epoch, example_id, kept, weight, loss)``."""
+        return TraceWriter(self._sfs, run, shard=shard)
+
+    # ----------------------------------------------------------------------------- reads
+
+    def _shard_files(self, kind: str, run: str, key: str, value: str, what: str) -> list[str]:
+        check_name(value, what)
+        files = self._sfs.shard_files(self._partition(kind, run, key, value))
+        if files:
+            return list(files.values())
+        known = self._require_run(run)
+        if what == "metric" and value in known.get("metrics", ()):
+            return []
+        present = self._sfs.partitions(self._partition(kind, run), key)
+        raise UnknownMetricError(f"run {run!r} has no {what} {value!r}; it has {present}")
+
+    def read(
+        self, run: str, metric: str, *, num_examples: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One metric as a dense array indexed by ``example_id``.
+
+        Args:
+            num_examples: N; default the manifest's ``num_examples``, else max stored id + 1.
+
+        Returns:
+            ``(values, present)``: float32 [N] with NaN where no score is stored, and bool [N],
+            True where a score is stored.
+
+        Raises:
+            UnknownRunError / UnknownMetricError: nothing stored under these names.
+            CorruptFileError: a shard file is unreadable or foreign (the message names it).
+            ValueError: a stored id >= num_examples, or the same id stored by two shards.
+        """
+        files = self._shard_files("scores", run, "metric", metric, "metric")
+        tables = [read_checked(self._sfs, path, SCORES_SCHEMA) for path in files]
+        if num_examples is None:
+            num_examples = self._manifest_or_empty(run).get("num_examples")
+        max_id = max((pc.max(t["example_id"]).as_py() or -1 for t in tables), default=-1)
+        if num_examples is None:
+            num_examples = max_id + 1
+        num_examples = check_nonnegative_int(num_examples, "num_examples")
+        if max_id >= num_examples:
+            raise ValueError(
+                f"run {run!r} metric {metric!r} stores example_id {max_id}, "
+                f"outside num_examples={num_examples}"
+            )
+        values = np.full(num_examples, np.nan, dtype=np.float32)
+        present = np.zeros(num_examples, dtype=np.bool_)
+        rows = 0
+        for table in tables:
+            for ids_chunk, values_chunk in zip(
+                table["example_id"].chunks, table["value"].chunks, strict=True
+            ):
+                ids = ids_chunk.to_numpy()
+                values[ids] = values_chunk.to_numpy(zero_copy_only=False)
+                present[ids] = True
+                rows += len(ids)
+        if rows != int(np.count_nonzero(present)):
+            raise ValueError(
+                f"run {run!r} metric {metric!r}: {rows - int(np.count_nonzero(present))} "
+                f"example_id(s) are stored by more than one of shards "
+                f"{[os.path.basename(p) for p in files]}"
+            )
+        return values, present
+
+    def read_table(self, run: str, metric: str | None = None) -> pa.Table:
+        """Stored scores as Arrow ``(metric string, example_id int64, value float32)``.
+
+        Rows are in shard order (not sorted by id). ``metric=None`` returns every metric.
+        """
+        metrics = [metric] if metric is not None else self.metrics(run)
+        parts = []
+        for name in metrics:
+            for path in self._shard_files("scores", run, "metric", name, "metric"):
+                table = read_checked(self._sfs, path, SCORES_SCHEMA)
+                parts.append(
+                    table.add_column(0, "metric", pa.array([name] * table.num_rows, pa.string()))
+                )
+        schema = pa.schema([pa.field("metric", pa.string()), *SCORES_SCHEMA])
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def read_trace(self, run: str) -> pa.Table:
+        """A run's trace as Arrow ``(epoch int32, example_id, loss, kept, weight)``."""
+        self._require_run(run)
+        parts = []
+        for epoch in sorted(
+            int(e) for e in self._sfs.partitions(self._partition("trace", run), "epoch")
+        ):
+            for path in self._sfs.shard_files(
+                self._partition("trace", run, "epoch", str(epoch))
+            ).values():
+                table = read_checked(self._sfs, path, TRACE_SCHEMA)
+                parts.append(
+                    table.add_column(0, "epoch", pa.array(np.full(table.num_rows, epoch, np.int32)))
+                )
+        schema = pa.schema([pa.field("epoch", pa.int32()), *TRACE_SCHEMA])
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def read_vectors(self, run: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids int64 [n] ascending, vectors float16 [n, d])`` of one vector name."""
+        files = self._shard_files("vectors", run, "name", name, "vector")
+        return vec.read_vectors(self._sfs, files)
+
+    def completed_shards(self, run: str, metric: str) -> set[int]:
+        """Shards whose file for ``metric`` is committed (empty for a run never written)."""
+        check_name(metric, "metric")
+        return set(self._sfs.shard_files(self._partition("scores", run, "metric", metric)))
+
+    def metrics(self, run: str) -> list[str]:
+        """Metric names with committed files, plus those the manifest declares, sorted."""
+        known = self._require_run(run)
+        found = self._sfs.partitions(self._partition("scores", run), "metric")
+        return sorted(set(found) | set(known.get("metrics", ())))
+
+    def sql(self, query: str) -> pa.Table:
+        """Run a read-only SQL query over the views ``scores(run, metric, example_id, value)``,
+        ``trace(run, epoch, example_id, loss, kept, weight)``, ``vectors(run, name, example_id,
+        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``."""
+        if self._engine is None:
+            self._engine = SqlEngine(self._sfs, self._runs_table)
+        return self._engine.sql(query)
+
+    # ----------------------------------------------------------------------------- runs
+
+    def _manifest_or_empty(self, run: str) -> dict[str, Any]:
+        path = self._manifest_path(run)
+        if not self._sfs.exists(path):
+            return {}
+        return mf.loads(self._sfs.read_bytes(path), path)
+
+    def _has_data(self, run: str) -> bool:
+        return any(self._sfs.is_dir(self._partition(kind, run)) for kind in _DATA_KINDS)
+
+    def _require_run(self, run: str) -> dict[str, Any]:
+        """The run's manifest ({} if it only has data); UnknownRunError if it has neither."""
+        known = self._manifest_or_empty(run)
+        if known or self._has_data(run):
+            return known
+        names = [r["name"] for r in self.runs()]
+        shown = names[:20] + (["..."] if len(names) > 20 else [])
+        raise UnknownRunError(f"unknown run {run!r} in store {self.root}; runs: {shown}")
+
+    def manifest(self, run: str) -> dict[str, Any]:
+        """The run's manifest dict; UnknownRunError if it has none."""
+        known = self._manifest_or_empty(run)
+        if not known:
+            detail = " (it has data but no manifest)" if self._has_data(run) else ""
+            raise UnknownRunError(f"run {run!r} has no manifest in store {self.root}{detail}")
+        return known
+
+    def begin_run(
+        self,
+        run: str,
+        *,
+        kind: str = "scores",
+        config: dict[str, Any] | None = None,
+        model: Any = None,
+        num_examples: int | None = None,
+        metrics: tuple[str, ...] | list[str] = (),
+    ) -> dict[str, Any]:
+        """Write the run's manifest with status ``running``; a resumed run keeps ``created``."""
+        metrics = tuple(check_name(m, "metric") for m in metrics)
+        new = mf.new_manifest(
+            check_name(run, "run"),
+            kind=kind,
+            config=config,
+            model=model,
+            num_examples=num_examples,
+            metrics=metrics,
+        )
+        old = self._manifest_or_empty(run)
+        if old:
+            new["created"] = old.get("created", new["created"])
+            new["resumed"] = int(old.get("resumed", 0)) + 1
+        self._sfs.write_bytes_atomic(self._manifest_path(run), mf.dumps(new))
+        return new
+
+    def finish_run(
+        self, run: str, *, status: str = "complete", extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Recount rows from the committed files and rewrite the manifest (written last)."""
+        if status not in mf.RUN_STATUSES:
+            raise ValueError(f"status must be one of {mf.RUN_STATUSES}, got {status!r}")
+        if extra is not None and not isinstance(extra, dict):
+            raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
+        manifest = self._require_run(run) or mf.new_manifest(
+            run, kind="scores", config=None, model=None, num_examples=None, metrics=()
+        )
+        manifest.update(self.row_counts(run))
+        manifest["metrics"] = sorted(set(manifest["metrics"]) | set(manifest["row_counts"]))
+        manifest["status"] = status
+        manifest["updated"] = manifest["finished"] = mf.now_iso()
+        manifest["extra"] = {**manifest.get("extra", {}), **(extra or {})}
+        self._sfs.write_bytes_atomic(self._manifest_path(run), mf.dumps(manifest))
+        return manifest
+
+    def row_counts(self, run: str) -> dict[str, Any]:
+        """Rows in committed files now: ``row_counts`` and ``shards`` per metric,
+        ``trace_rows``, ``trace_epochs``, ``vector_rows`` per name (from Parquet footers)."""
+        counts: dict[str, Any] = {"row_counts": {}, "shards": {}, "vector_rows": {}}
+        for metric in self._sfs.partitions(self._partition("scores", run), "metric"):
+            files = self._sfs.shard_files(self._partition("scores", run, "metric", metric))
+            counts["row_counts"][metric] = sum(count_rows(self._sfs, p) for p in files.values())
+            counts["shards"][metric] = len(files)
+        epochs = self._sfs.partitions(self._partition("trace", run), "epoch")
+        counts["trace_epochs"] = len(epochs)
+        counts["trace_rows"] = sum(
+            count_rows(self._sfs, p)
+            for e in epochs
+            for p in self._sfs.shard_files(self._partition("trace", run, "epoch", e)).values()
+        )
+        for name in self._sfs.partitions(self._partition("vectors", run), "name"):
+            files = self._sfs.shard_files(self._partition("vectors", run, "name", name))
+            counts["vector_rows"][name] = sum(count_rows(self._sfs, p) for p in files.values())
+        return counts
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run's manifest, sorted by name; runs with data but no manifest appear as
+        ``{"name": run, "status": "unknown"}``."""
+        manifests = {}
+        for info in self._sfs.list_dir(self._sfs.path("runs")):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
+                if not info.base_name.startswith("."):
+                    manifests[info.base_name[:-5]] = mf.loads(
+                        self._sfs.read_bytes(info.path), info.path
+                    )
+        for kind in _DATA_KINDS:
+            for run in self._sfs.partitions(self._sfs.path(kind), "run"):
+                manifests.setdefault(run, {"name": run, "status": "unknown"})
+        return [manifests[name] for name in sorted(manifests)]
+
+    def _runs_table(self) -> pa.Table:
+        rows = self.runs()
+
+        def as_json(key: str) -> list[str | None]:
+            return [json.dumps(r[key], sort_keys=True) if key in r else None for r in rows]
+
+        row_counts = [r.get("row_counts", {}) for r in rows]
+        return pa.table(
+            {
+                "run": pa.array([r["name"] for r in rows], pa.string()),
+                "kind": pa.array([r.get("kind") for r in rows], pa.string()),
+                "status": pa.array([r.get("status") for r in rows], pa.string()),
+                "created": pa.array([r.get("created") for r in rows], pa.string()),
+                "finished": pa.array([r.get("finished") for r in rows], pa.string()),
+                "num_examples": pa.array([r.get("num_examples") for r in rows], pa.int64()),
+                "metrics": pa.array([r.get("metrics", []) for r in rows], pa.list_(pa.string())),
+                "rows": pa.array([sum(c.values()) for c in row_counts], pa.int64()),
+                "row_counts": pa.array(
+                    [list(c.items()) for c in row_counts], pa.map_(pa.string(), pa.int64())
+                ),
+                "trace_rows": pa.array([r.get("trace_rows", 0) for r in rows], pa.int64()),
+                "model": pa.array(as_json("model"), pa.string()),
+                "config": pa.array(as_json("config"), pa.string()),
+                "extra": pa.array(as_json("extra"), pa.string()),
+            }
+        )
