@@ -1,3 +1,39 @@
 """The math of data selection: per-example scores and choosers. Arrays in, arrays out."""
 
-__all__: list[str] = []
+from selection.choose import (
+    bottom_k,
+    class_budgets,
+    gumbel_top_k,
+    offset_window,
+    random_mix,
+    stratified,
+    subsample_top_k,
+    threshold,
+    top_k,
+    uniform,
+)
+from selection.losses import (
+    as_per_example,
+    per_example_cross_entropy,
+    per_example_mse,
+    sequence_loss,
+    sigmoid_pair_losses,
+)
+
+__all__ = [
+    "as_per_example",
+    "bottom_k",
+    "class_budgets",
+    "gumbel_top_k",
+    "offset_window",
+    "per_example_cross_entropy",
+    "per_example_mse",
+    "random_mix",
+    "sequence_loss",
+    "sigmoid_pair_losses",
+    "stratified",
+    "subsample_top_k",
+    "threshold",
+    "top_k",
+    "uniform",
+]
