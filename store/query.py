@@ -144,15 +144,14 @@ class SqlEngine:
         if not self._sfs.has_any_file(base):
             self._create_empty(view)
             return
-        partitioning = ds.partitioning(
-            pa.schema([(k, _ARROW_TYPES[t]) for k, t in view.partitions.items()]), flavor="hive"
-        )
+        keys = pa.schema([(k, _ARROW_TYPES[t]) for k, t in view.partitions.items()])
+        file_schema = _FILE_SCHEMAS.get(view.name)  # vectors: inferred, the width varies
         dataset = ds.dataset(
             base,
             filesystem=self._sfs.fs,
             format="parquet",
-            schema=_FILE_SCHEMAS.get(view.name),
-            partitioning=partitioning,
+            schema=None if file_schema is None else pa.unify_schemas([file_schema, keys]),
+            partitioning=ds.partitioning(keys, flavor="hive"),
         )
         table_name = f"_{view.name}_dataset"
         self._con.register(table_name, dataset)

@@ -179,7 +179,8 @@ class ScoreStore:
         tables = [read_checked(self._sfs, path, SCORES_SCHEMA) for path in files]
         if num_examples is None:
             num_examples = self._manifest_or_empty(run).get("num_examples")
-        max_id = max((pc.max(t["example_id"]).as_py() or -1 for t in tables), default=-1)
+        maxima = [pc.max(t["example_id"]).as_py() for t in tables if t.num_rows]
+        max_id = max(maxima, default=-1)
         if num_examples is None:
             num_examples = max_id + 1
         num_examples = check_nonnegative_int(num_examples, "num_examples")

@@ -83,7 +83,8 @@ def check_values(values: object, what: str, *, allow_nan: bool) -> np.ndarray:
     arr = as_numpy(values, what)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{what} must be real numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, by position
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not allow_nan:
         finite = np.isfinite(arr)
         if not bool(finite.all()):

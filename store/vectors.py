@@ -31,7 +31,8 @@ def vectors_table(ids: np.ndarray, vectors: object) -> pa.Table:
     if arr.ndim != 2 or arr.shape[1] == 0:
         raise ValueError(f"vectors must have shape [n, d] with d >= 1, got {arr.shape}")
     check_same_length(ids=ids, vectors=arr)
-    half = np.ascontiguousarray(arr, dtype=np.float16)
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, by row
+        half = np.ascontiguousarray(arr, dtype=np.float16)
     if not bool(np.isfinite(half).all()):
         bad = np.flatnonzero(~np.isfinite(half).all(axis=1))
         raise ValueError(
