@@ -1,0 +1,283 @@
+"""Hard batches (DyBAT, ALGORITHMS.md §4) as a ``batch_sampler`` over a fixed partition.
+
+The data are shuffled once (seeded) and cut into ``n_b = floor(N / b)`` fixed mini-batches. A
+warm-up pass trains every batch once, in order; the training loop reports each batch's
+per-example losses from the forward *before* the update through :meth:`HardBatchSampler.update`,
+and the batch's score is their mean. Then rounds follow: each round takes the
+``k = max(1, floor(delta n_b))`` batches with the highest (stale) scores and trains them in
+ascending batch order, overwriting their scores; unchosen batches keep stale scores, and as the
+trained ones' losses fall they rotate back in. The run stops after exactly ``E n_b`` steps, as
+many as ``E`` plain epochs: steps move toward hard batches, none are saved.
+
+Feedback and prefetch: the dataset returns each item's ``example_id`` and the loop calls
+``sampler.update(ids, losses)`` with the ids of the batch it trained on. The sampler keeps a short
+queue of the batches it has yielded whose losses have not come back yet and matches the ids
+against it (O(b) per call, no ``[N]`` inverse map), so a ``DataLoader`` that runs ahead
+(``num_workers > 0``) is fine. A round is chosen when its first batch is requested: with the
+loader ``p`` batches ahead, up to ``p`` batches of the previous round still count with their
+previous score (one round staler); a batch never scored yet counts as the hardest. With
+``num_workers=0`` the loader requests a batch only after the previous step, so nothing is stale.
+Losses stay on their device until a round is chosen (one host sync per round, not per step).
+
+Iteration: each ``iter(sampler)`` yields one "epoch equivalent" of ``n_b`` steps (the last may be
+shorter), so ``for epoch in range(E): for batch in loader:`` runs the whole budget; ``len`` is
+that epoch's length and :attr:`total_steps` = ``E n_b`` is for LR schedulers.
+
+DDP: one global partition (same seed on every rank) with global batch size ``b``; each rank yields
+its ``DistributedSampler``-style slice ``batch[rank::world]`` of every scheduled batch, and
+:meth:`update` all-gathers the per-example losses so every rank scores the whole batch and all
+ranks keep identical tables and schedules. ``update`` is then a collective: call it on every rank
+for every batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from samplers._dist import all_gather_feedback, resolve_rank_world, shard
+
+__all__ = ["HardBatchSampler"]
+
+_STATE_VERSION = 1
+
+
+class HardBatchSampler(Sampler[list[int]]):
+    """DyBAT's hard-batch schedule as a ``DataLoader(batch_sampler=...)``.
+
+    Args:
+        num_examples: ``N``; ids are ``0..N-1``.
+        batch_size: global mini-batch size ``b`` (divisible by the world size).
+        delta: fraction of batches retrained per round, in ``(0, 1]`` (1 = plain epochs over the
+            fixed partition).
+        num_epochs: ``E``; the run is exactly ``E * floor(N / b)`` steps.
+        seed: seeds the one-time shuffle that fixes the partition.
+        rank, world_size: default from ``torch.distributed``, else ``(0, 1)``.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        delta: float,
+        num_epochs: int,
+        seed: int = 0,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        if num_examples < 1 or batch_size < 1:
+            raise ValueError(
+                f"num_examples and batch_size must be >= 1, got {num_examples}, {batch_size}"
+            )
+        if batch_size > num_examples:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the dataset ({num_examples} examples)"
+            )
+        if not 0.0 < delta <= 1.0:
+            raise ValueError(f"delta must be in (0, 1], got {delta!r}")
+        if num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {num_epochs!r}")
+        self.rank, self.world_size = resolve_rank_world(rank, world_size)
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by world_size {self.world_size} "
+                "(each rank takes an equal slice of every batch)"
+            )
+        self.num_examples = int(num_examples)
+        self.batch_size = int(batch_size)
+        self.delta = float(delta)
+        self.num_epochs = int(num_epochs)
+        self.seed = int(seed)
+        self.num_batches = self.num_examples // self.batch_size
+        self.batches_per_round = max(1, int(np.floor(self.delta * self.num_batches + 1e-9)))
+        dtype = np.int32 if self.num_examples < 2**31 else np.int64
+        self._perm = np.random.default_rng(self.seed).permutation(self.num_examples).astype(dtype)
+        self._losses = np.full(self.num_batches, np.nan)
+        self._loss_step = np.full(self.num_batches, -1, dtype=np.int64)
+        self._unflushed: list[tuple[int, int, torch.Tensor]] = []
+        self._round = np.arange(self.num_batches, dtype=np.int64)  # warm-up: every batch
+        self._round_pos = 0
+        self._rounds_started = 1
+        self._sched_step = 0  # batches the schedule has produced
+        self._emitted = 0  # steps handed out (after a resume: fed back + replayed)
+        self._replay: deque[int] = deque()
+        self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
+
+    # -- plan ---------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run, ``E * n_b`` (the same on every rank)."""
+        return self.num_epochs * self.num_batches
+
+    @property
+    def steps_done(self) -> int:
+        """Steps yielded so far (including any still in the loader's prefetch queue)."""
+        return self._emitted
+
+    def batch_ids(self, batch: int) -> np.ndarray:
+        """The global ids of fixed batch ``batch`` (all ranks), int64 ``[b]``."""
+        if not 0 <= batch < self.num_batches:
+            raise ValueError(f"batch must be in [0, {self.num_batches}), got {batch!r}")
+        lo = batch * self.batch_size
+        return self._perm[lo : lo + self.batch_size].astype(np.int64)
+
+    def _local_ids(self, batch: int) -> np.ndarray:
+        return shard(self.batch_ids(batch), self.rank, self.world_size, drop_last=True)
+
+    def _epoch_end(self) -> int:
+        epoch = self._emitted // self.num_batches
+        return min(self.total_steps, (epoch + 1) * self.num_batches)
+
+    def __len__(self) -> int:
+        return max(0, self._epoch_end() - self._emitted)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Check that ``epoch`` is the epoch equivalent the next ``iter()`` continues.
+
+        The schedule depends on the losses fed back, so it cannot jump: epochs run in order.
+        """
+        current = self._emitted // self.num_batches
+        if epoch != current:
+            raise ValueError(
+                f"HardBatchSampler is sequential: the next iteration is epoch {current} "
+                f"({self._emitted} of {self.total_steps} steps done), got set_epoch({epoch})"
+            )
+
+    def _next_batch(self) -> int:
+        if self._round_pos >= self._round.shape[0]:
+            self._round = self._choose_round()
+            self._round_pos = 0
+            self._rounds_started += 1
+        batch = int(self._round[self._round_pos])
+        self._round_pos += 1
+        self._sched_step += 1
+        return batch
+
+    def _choose_round(self) -> np.ndarray:
+        self._flush()
+        scores = np.where(np.isnan(self._losses), np.inf, self._losses)
+        # Stable sort on -score: equal scores go to the lower batch index, as a sort would.
+        top = np.argsort(-scores, kind="stable")[: self.batches_per_round]
+        return np.sort(top).astype(np.int64)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        end = self._epoch_end()
+        while self._emitted < end:
+            batch = self._replay.popleft() if self._replay else self._next_batch()
+            self._pending.append((self._emitted, batch))
+            self._emitted += 1
+            yield self._local_ids(batch).tolist()
+
+    # -- feedback -----------------------------------------------------------------------------
+    def update(self, ids_or_batch, losses: torch.Tensor) -> None:
+        """Record the pre-update per-example ``losses`` of a trained batch.
+
+        ``ids_or_batch``: the ``example_id`` s of this rank's slice (as the loader yielded them,
+        keep them on the CPU), or the fixed batch index. ``losses``: float ``[b / world]``
+        per-example losses from the forward before the step, any device. In DDP this is a
+        collective (every rank calls it for every batch).
+        """
+        if not isinstance(losses, torch.Tensor):
+            raise TypeError(f"losses must be a torch.Tensor, got {type(losses).__name__}")
+        if losses.dim() != 1:
+            raise ValueError(
+                f"losses must be per-example, shape [{self.batch_size // self.world_size}], got "
+                f"shape {tuple(losses.shape)}"
+                + (" (already reduced?)" if losses.dim() == 0 else "")
+            )
+        slot = self._match(ids_or_batch)
+        step, batch = self._pending[slot]
+        local = self._local_ids(batch)
+        if losses.shape[0] != local.shape[0]:
+            raise ValueError(f"got {losses.shape[0]} losses for a slice of {local.shape[0]} ids")
+        _, losses_all = all_gather_feedback(torch.from_numpy(local), losses.detach())
+        del self._pending[slot]
+        self._unflushed.append((batch, step, losses_all.float().mean()))
+
+    def _match(self, key) -> int:
+        if not self._pending:
+            raise ValueError("update() called but no batch is awaiting losses")
+        if isinstance(key, int | np.integer):
+            for slot, (_, batch) in enumerate(self._pending):
+                if batch == key:
+                    return slot
+            raise ValueError(
+                f"batch {key} is not awaiting losses; pending: {[b for _, b in self._pending]}"
+            )
+        if isinstance(key, torch.Tensor):
+            key = key.detach().cpu().numpy()
+        ids = np.sort(np.asarray(key).astype(np.int64, copy=False).ravel())
+        for slot, (_, batch) in enumerate(self._pending):
+            local = self._local_ids(batch)
+            if local.shape[0] == ids.shape[0] and np.array_equal(np.sort(local), ids):
+                return slot
+        raise ValueError(
+            f"the {ids.shape[0]} ids given match none of the {len(self._pending)} batches "
+            f"awaiting losses (first ids: {ids[:5].tolist()})"
+        )
+
+    def _flush(self) -> None:
+        if not self._unflushed:
+            return
+        values = torch.stack([v.cpu() for _, _, v in self._unflushed]).double().numpy()
+        for (batch, step, _), value in zip(self._unflushed, values, strict=True):
+            if step >= self._loss_step[batch]:
+                self._losses[batch] = value
+                self._loss_step[batch] = step
+        self._unflushed.clear()
+
+    # -- inspection and state -----------------------------------------------------------------
+    def batch_losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, step)``: each batch's latest mean loss (NaN = none yet) and the step it was
+        recorded at (-1 = never), both ``[n_b]``; the score age is ``steps_done - step``."""
+        self._flush()
+        return self._losses.copy(), self._loss_step.copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plan coordinates plus the ``[n_b]`` score table (8 bytes per batch, not per example).
+
+        The position saved is the last batch whose losses came back: on resume, batches that
+        were yielded but not yet fed back are yielded again first, so the run continues exactly.
+        """
+        self._flush()
+        in_flight = [batch for _, batch in self._pending] + list(self._replay)
+        return {
+            "version": _STATE_VERSION,
+            "config": [self.num_examples, self.batch_size, self.delta, self.num_epochs, self.seed],
+            "world_size": self.world_size,
+            "fed_steps": self._emitted - len(self._pending),
+            "in_flight": in_flight,
+            "sched_step": self._sched_step,
+            "round": self._round.tolist(),
+            "round_pos": self._round_pos,
+            "rounds_started": self._rounds_started,
+            "losses": self._losses.copy(),
+            "loss_step": self._loss_step.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unknown HardBatchSampler state version {state.get('version')!r}")
+        config = [self.num_examples, self.batch_size, self.delta, self.num_epochs, self.seed]
+        if list(state["config"]) != config or state["world_size"] != self.world_size:
+            raise ValueError(
+                f"state is for (num_examples, batch_size, delta, num_epochs, seed)="
+                f"{tuple(state['config'])}, world_size={state['world_size']}; this sampler has "
+                f"{tuple(config)}, world_size={self.world_size}"
+            )
+        self._emitted = int(state["fed_steps"])
+        self._replay = deque(int(b) for b in state["in_flight"])
+        self._pending.clear()
+        self._unflushed.clear()
+        self._sched_step = int(state["sched_step"])
+        self._round = np.asarray(state["round"], dtype=np.int64)
+        self._round_pos = int(state["round_pos"])
+        self._rounds_started = int(state["rounds_started"])
+        self._losses = np.asarray(state["losses"], dtype=np.float64).copy()
+        self._loss_step = np.asarray(state["loss_step"], dtype=np.int64).copy()
