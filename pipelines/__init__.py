@@ -1,3 +1,30 @@
-"""Jobs and entry points: the Ray scoring job, embeddings, demo, report and the `winnow` CLI."""
+"""Jobs and entry points: the Ray scoring job, embeddings, demo, report and the `winnow` CLI.
 
-__all__: list[str] = []
+``pipelines.score(data, model, store=..., run=..., metrics=[...])`` runs the scoring job and
+returns the run manifest; ``pipelines.run_demo()`` runs the demo. Names are resolved lazily, so
+``import pipelines`` imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["score", "run_demo", "ShardError", "ParquetSource", "DatasetSource", "ModelSpec"]
+
+_LAZY = {
+    "run_demo": "pipelines.demo",
+    "ShardError": "pipelines.scorer",
+    "ParquetSource": "pipelines.sources",
+    "DatasetSource": "pipelines.sources",
+    "ModelSpec": "pipelines.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "score":
+        # The job module is itself callable (see pipelines/score.py): pipelines.score(...)
+        return importlib.import_module("pipelines.score")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

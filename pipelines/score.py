@@ -1,0 +1,415 @@
+"""The offline scoring job: score every example with Ray Data and commit the scores to the store.
+
+    manifest = pipelines.score(
+        "data/train.parquet", "mypkg.models:build", checkpoint="ckpt.pt",
+        feature_columns="x", metrics=["loss", "el2n", "grad_norm"],
+        store="winnow-store", run="epoch10",
+    )
+
+How it runs. Rows are cut into deterministic shards (shard ``k`` = row positions
+``[k*S, (k+1)*S)``); a Ray Data dataset of shard numbers flows through
+``map_batches(ShardScorer, compute=ActorPoolStrategy(...))``. Each actor builds the models and
+the data reader once, scores whole shards in mini-batches and commits each shard through the
+store's atomic writer before it reports the shard done. The driver only shows progress and, at
+the end, computes the faiss embedding metrics and writes the run manifest (last). ``resume=True``
+skips shards whose every output is already committed, so a crash at any point loses nothing and
+duplicates nothing.
+
+Ray. Imported lazily, only here. With no Ray running and no ``address``, the job starts a local
+Ray (``ray.init(num_cpus=...)``) and shuts it down at the end; ``address="auto"`` or
+``"ray://host:port"`` joins a cluster instead (the store root must then be reachable from every
+node). If Ray is already initialised in this process, that Ray is used and left running. Actors
+never claim every CPU (a 2-CPU pool of 1-CPU actors deadlocks Ray Data): by default each actor
+asks for ``(cpus - 1) / actors`` CPUs, at least 0.25. ``executor="inline"`` runs the same scorer
+in this process without Ray (debugging, and the baseline of ``benchmarks/bench_score.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipelines.models import ModelSpec, describe_model
+from pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
+from pipelines.sources import DatasetSource, ParquetSource, make_source
+
+__all__ = ["score", "default_shard_size", "ShardError"]
+
+_MIN_SHARD, _MAX_SHARD = 512, 100_000
+
+
+def default_shard_size(num_rows: int) -> int:
+    """About 32 shards for small data, at most 100k rows (a few seconds of work) per shard."""
+    return int(min(_MAX_SHARD, max(_MIN_SHARD, math.ceil(num_rows / 32))))
+
+
+def score(
+    data: str | ParquetSource | DatasetSource,
+    model: str | ModelSpec,
+    *,
+    store: str | os.PathLike,
+    run: str,
+    metrics: Sequence[str] | str = ("loss",),
+    checkpoint: str | None = None,
+    reference: str | ModelSpec | None = None,
+    reference_checkpoint: str | None = None,
+    id_column: str = "example_id",
+    feature_columns: Sequence[str] | str | None = None,
+    label_column: str | None = "label",
+    data_kwargs: Mapping[str, Any] | None = None,
+    embed_layer: str | None = None,
+    num_clusters: int | None = None,
+    dedup_eps: Sequence[float] = (0.05,),
+    address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    num_cpus: int | None = None,
+    batch_size: int = 256,
+    shard_size: int | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    executor: str = "ray",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``data`` with ``model`` and commit ``metrics`` as run ``run`` of the store.
+
+    ``data``: a Parquet path (name its ``id_column``, ``feature_columns`` and ``label_column``)
+    or ``"module:factory"`` building a map-style Dataset of ``(x, y)`` items (ids = indices).
+    ``model``/``reference``: ``"module:factory"`` returning an ``nn.Module`` or
+    ``(module, loss_fn)``; checkpoints are state_dicts read with ``weights_only=True``.
+    Returns the run manifest (``status == "complete"``, row counts per metric, timings).
+    Raises ``ShardError`` naming the shard and first failing id if the user's model fails;
+    shards committed before that stay committed and ``resume=True`` continues from them.
+    """
+    from store import ScoreStore
+
+    started = time.perf_counter()
+    if executor not in ("ray", "inline"):
+        raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _check_positive("batch_size", batch_size)
+    source = make_source(
+        data,
+        id_column=id_column,
+        feature_columns=feature_columns,
+        label_column=label_column,
+        kwargs=data_kwargs,
+    )
+    model_spec = model if isinstance(model, ModelSpec) else ModelSpec(model, checkpoint)
+    ref_spec = reference
+    if isinstance(reference, str):
+        ref_spec = ModelSpec(reference, reference_checkpoint)
+    elif reference is None and reference_checkpoint is not None:
+        raise ValueError("reference_checkpoint given without a reference model factory")
+    plan = source.plan()
+    metrics = validate_metrics(
+        metrics, has_reference=ref_spec is not None, has_labels=plan.has_labels
+    )
+    if shard_size is not None:
+        _check_positive("shard_size", shard_size)
+
+    store_root = os.fspath(store)
+    if "://" not in store_root:
+        # Actors may run in another working directory: keep local paths absolute.
+        store_root = os.path.abspath(store_root)
+    scores = ScoreStore(store_root)
+    config = {
+        "source": source.describe(),
+        "metrics": list(metrics),
+        "reference": describe_model(ref_spec),
+        "embed_layer": embed_layer,
+        "num_rows": plan.num_rows,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    existing = _existing_manifest(scores, run)
+    if existing is not None and not resume:
+        raise ValueError(
+            f"run {run!r} already exists in {store_root} (status {existing.get('status')!r}); "
+            "pass --resume to continue it, or choose another --run"
+        )
+    if existing is not None:
+        shard_size = _check_resumable(existing, config, shard_size)
+    shard_size = shard_size or default_shard_size(plan.num_rows)
+    config["shard_size"] = shard_size
+    spec = JobSpec(
+        source=source,
+        model=model_spec,
+        metrics=metrics,
+        store_root=store_root,
+        run=run,
+        num_rows=plan.num_rows,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        reference=ref_spec,
+        embed_layer=embed_layer,
+        device=device,
+    )
+    if existing is None:
+        outputs = list(scalar_outputs(metrics))
+        if EMBEDDING in metrics:
+            outputs += ["cluster", "proto_dist", *(_dup_metric(e) for e in dedup_eps)]
+        scores.begin_run(
+            run,
+            kind="scores",
+            config=config,
+            model=describe_model(model_spec),
+            num_examples=plan.num_examples,
+            metrics=tuple(outputs),
+        )
+    done = _completed_shards(scores, spec)
+    todo = [k for k in range(spec.num_shards) if k not in done]
+    todo_rows = sum(spec.shard_rows(k)[1] - spec.shard_rows(k)[0] for k in todo)
+    timings: dict[str, float] = {}
+    try:
+        if todo:
+            if executor == "inline":
+                _run_inline(spec, todo, todo_rows, progress, timings)
+            else:
+                _run_ray(
+                    spec, todo, todo_rows, progress, timings,
+                    address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                    num_cpus=num_cpus,
+                )  # fmt: skip
+        if EMBEDDING in metrics:
+            from pipelines.embed import write_embedding_metrics
+
+            t0 = time.perf_counter()
+            write_embedding_metrics(scores, run, num_clusters=num_clusters, dedup_eps=dedup_eps)
+            timings["embedding_metrics_s"] = time.perf_counter() - t0
+    except ShardError as exc:
+        scores.finish_run(
+            run,
+            status="failed",
+            extra={"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id},
+        )
+        raise
+    seconds = time.perf_counter() - started
+    scoring_s = timings.get("scoring_s", 0.0)
+    extra = {
+        "rows_scored": todo_rows,
+        "rows_total": plan.num_rows,
+        "shards": spec.num_shards,
+        "shards_skipped": len(done),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
+        "executor": executor,
+        **{k: round(v, 3) for k, v in timings.items()},
+    }
+    manifest = scores.finish_run(run, status="complete", extra=extra)
+    if progress:
+        rate = extra["rows_per_s"]
+        print(
+            f"winnow score: run {run!r}: {todo_rows} rows scored in {seconds:.1f} s "
+            f"({rate if rate is not None else '-'} rows/s while scoring"
+            f"{f', {len(done)} shards already done' if done else ''}); "
+            f"store {store_root}",
+            file=sys.stderr,
+        )
+    return manifest
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _dup_metric(eps: float) -> str:
+    return f"dup_eps{eps:g}"
+
+
+def _existing_manifest(scores: Any, run: str) -> dict[str, Any] | None:
+    from store import UnknownRunError
+
+    try:
+        return scores.manifest(run)
+    except UnknownRunError:
+        return None
+
+
+def _check_resumable(
+    manifest: Mapping[str, Any], config: Mapping[str, Any], shard_size: int | None
+) -> int:
+    """The stored shard size, after checking the resumed job is the same job."""
+    stored = manifest.get("config", {})
+    for key in ("source", "metrics", "reference", "embed_layer", "num_rows"):
+        if stored.get(key) != config[key]:
+            raise ValueError(
+                f"cannot resume run {manifest.get('name')!r}: {key} differs "
+                f"(stored {stored.get(key)!r}, now {config[key]!r})"
+            )
+    stored_shard = int(stored["shard_size"])
+    if shard_size is not None and shard_size != stored_shard:
+        raise ValueError(f"cannot resume with shard_size {shard_size}: the run uses {stored_shard}")
+    return stored_shard
+
+
+def _completed_shards(scores: Any, spec: JobSpec) -> set[int]:
+    """Shards whose every metric file is committed.
+
+    A shard's vectors are written before its metric files, so committed metrics imply committed
+    vectors (embedding runs always store the scalar ``embedding_norm``).
+    """
+    done: set[int] | None = None
+    for name in scalar_outputs(spec.metrics):
+        shards = set(scores.completed_shards(spec.run, name))
+        done = shards if done is None else done & shards
+    return done or set()
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, unit="rows", unit_scale=True, desc="scoring", disable=not enabled,
+        dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+    )  # fmt: skip
+
+
+def _run_inline(
+    spec: JobSpec, todo: list[int], todo_rows: int, progress: bool, timings: dict[str, float]
+) -> None:
+    from pipelines.scorer import ShardScorer
+
+    t0 = time.perf_counter()
+    scorer = ShardScorer(spec)
+    timings["startup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with _progress_bar(todo_rows, progress) as bar:
+        for shard in todo:
+            bar.update(scorer.score_shard(shard))
+    timings["scoring_s"] = time.perf_counter() - t0
+
+
+def _resources(
+    ray: types.ModuleType, actors: int | None, cpus_per_actor: float | None, device: str
+) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU for Ray Data."""
+    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    gpus_per_actor = 0.0
+    if device != "cpu":
+        total_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if total_gpus < 1:
+            raise ValueError(f"device {device!r} requested but the Ray cluster has no GPU")
+        gpus_per_actor = 1.0
+        actors = actors or int(total_gpus)
+    if actors is None:
+        actors = max(1, min(int(total_cpus), 8))
+    _check_positive("actors", actors)
+    if cpus_per_actor is None:
+        cpus_per_actor = max(0.25, min(4.0, (total_cpus - 1.0) / actors))
+    if cpus_per_actor <= 0:
+        raise ValueError(f"cpus_per_actor must be > 0, got {cpus_per_actor}")
+    if cpus_per_actor * actors >= total_cpus:
+        raise ValueError(
+            f"{actors} actors x {cpus_per_actor} CPUs claim all {total_cpus:g} CPUs of the "
+            "cluster; Ray Data then deadlocks. Use fewer actors or a smaller cpus_per_actor."
+        )
+    return actors, cpus_per_actor, gpus_per_actor
+
+
+def _run_ray(
+    spec: JobSpec,
+    todo: list[int],
+    todo_rows: int,
+    progress: bool,
+    timings: dict[str, float],
+    *,
+    address: str | None,
+    actors: int | None,
+    cpus_per_actor: float | None,
+    num_cpus: int | None,
+) -> None:
+    import ray
+
+    from pipelines.scorer import ShardScorer
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        t0 = time.perf_counter()
+        if address is None:
+            # Quiet, telemetry-free local Ray unless the user configured otherwise.
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, logging_level="ERROR")
+        timings["ray_start_s"] = time.perf_counter() - t0
+    try:
+        import ray.data
+
+        if own_ray:
+            # Our progress bar replaces Ray Data's own bars and per-dataset log lines.
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        n_actors, cpus, gpus = _resources(ray, actors, cpus_per_actor, spec.device)
+        n_actors = min(n_actors, len(todo))
+        shards = ray.data.from_items(
+            [{"shard": k} for k in todo], override_num_blocks=len(todo)
+        ).map_batches(
+            ShardScorer,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+        t0 = time.perf_counter()
+        first_rows = 0
+        with _progress_bar(todo_rows, progress) as bar:
+            for report in shards.iter_rows():
+                if report["error"]:
+                    error_id = int(report["error_id"])
+                    raise ShardError(
+                        spec.run,
+                        int(report["shard"]),
+                        None if error_id < 0 else error_id,
+                        str(report["error"]),
+                    )
+                if "first_shard_s" not in timings:
+                    timings["first_shard_s"] = time.perf_counter() - t0
+                    first_rows = int(report["rows"])
+                bar.update(int(report["rows"]))
+        timings["scoring_s"] = time.perf_counter() - t0
+        steady_s = timings["scoring_s"] - timings["first_shard_s"]
+        if steady_s > 0 and todo_rows > first_rows:
+            timings["steady_rows_per_s"] = (todo_rows - first_rows) / steady_s
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``pipelines.score(...)`` call the job although ``pipelines.score`` is this module.
+
+    Importing a submodule binds it as an attribute of its package, so the package-level name
+    ``pipelines.score`` is this module; making the module callable keeps the documented
+    ``pipelines.score(...)`` working in every import order.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return score(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["score", *sys.argv[1:]]))
