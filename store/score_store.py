@@ -378,7 +378,9 @@ class ScoreStore:
         rows = self.runs()
 
         def as_json(key: str) -> list[str | None]:
-            return [json.dumps(r[key], sort_keys=True) if key in r else None for r in rows]
+            return [
+                None if r.get(key) is None else json.dumps(r[key], sort_keys=True) for r in rows
+            ]
 
         row_counts = [r.get("row_counts", {}) for r in rows]
         return pa.table(
