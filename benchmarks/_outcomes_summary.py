@@ -1,0 +1,137 @@
+"""Summaries of the time-to-accuracy benchmark: the table, the JSON document and the plots.
+
+Per model and method, over seeds: final test accuracy (mean ± sample std), backward examples
+(selection setup included) and the saving against full data, the setup overhead, and the time
+to reach ``target = target_frac * mean final accuracy of full data``. Time and compute to target
+include the setup (scoring runs, reference models): the first evaluation at or above the target
+gives the wall-clock and the example counts spent until then. "compute" counts a backward as two
+forwards: ``forward + 2 * backward`` examples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["summarise", "markdown_table", "plot_curves"]
+
+BASELINE = "full"
+
+
+def _first_reaching(history: list[dict], target: float) -> dict | None:
+    return next((h for h in history if h["acc"] >= target), None)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarise(results: dict[str, list[dict]], target_frac: float) -> dict:
+    """``results``: method -> per-seed results (``MethodRun.finish()``). Returns method -> row."""
+    if BASELINE not in results:
+        raise ValueError(f"the summary needs the {BASELINE!r} baseline, got {sorted(results)}")
+    base_final = float(np.mean([r["final_acc"] for r in results[BASELINE]]))
+    target = target_frac * base_final
+    rows: dict[str, dict] = {}
+    for name, seeds in results.items():
+        acc_mean, acc_std = _mean_std([r["final_acc"] for r in seeds])
+        hits = [_first_reaching(r["history"], target) for r in seeds]
+        reached = [h for h in hits if h is not None]
+        rows[name] = {
+            "final_acc_mean": acc_mean,
+            "final_acc_std": acc_std,
+            "backward_mean": float(np.mean([r["cost"]["backward"] for r in seeds])),
+            "forward_mean": float(np.mean([r["cost"]["forward"] for r in seeds])),
+            "steps_mean": float(np.mean([r["cost"]["steps"] for r in seeds])),
+            "wall_mean_s": float(np.mean([r["cost"]["wall_s"] for r in seeds])),
+            "setup_wall_mean_s": float(np.mean([r["setup"]["wall_s"] for r in seeds])),
+            "setup_backward_mean": float(np.mean([r["setup"]["backward"] for r in seeds])),
+            "setup_forward_mean": float(np.mean([r["setup"]["forward"] for r in seeds])),
+            "seeds": len(seeds),
+            "reached": len(reached),
+            "time_to_target_s": (
+                float(np.mean([h["wall_s"] for h in reached])) if reached else None
+            ),
+            "compute_to_target": (
+                float(np.mean([h["forward"] + 2 * h["backward"] for h in reached]))
+                if reached
+                else None
+            ),
+        }
+    base = rows[BASELINE]
+    for row in rows.values():
+        row["backward_saved"] = 1.0 - row["backward_mean"] / base["backward_mean"]
+        for key, out in (("time_to_target_s", "speedup"), ("compute_to_target", "compute_speedup")):
+            ok = row[key] is not None and base[key] is not None and row[key] > 0
+            row[out] = base[key] / row[key] if ok else None
+    return {"target": target, "baseline_final_acc": base_final, "methods": rows}
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "not reached" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown_table(summary: dict, descriptions: dict[str, str]) -> str:
+    """One Markdown table (a row per method) for one model's summary."""
+    lines = [
+        "| method | final acc % (± std) | backward examples | saved | setup s "
+        "| time to target s | speed-up (time) | speed-up (compute) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary["methods"].items():
+        ttt = _fmt(row["time_to_target_s"], ".1f")
+        if row["time_to_target_s"] is not None and row["reached"] < row["seeds"]:
+            ttt += f" ({row['reached']}/{row['seeds']} seeds)"
+        lines.append(
+            f"| {name} | {100 * row['final_acc_mean']:.1f} ± {100 * row['final_acc_std']:.1f} "
+            f"| {row['backward_mean'] / 1e6:.2f} M | {100 * row['backward_saved']:.0f} % "
+            f"| {row['setup_wall_mean_s']:.1f} | {ttt} "
+            f"| {_fmt(row['speedup'], '.2f', '×')} | {_fmt(row['compute_speedup'], '.2f', '×')} |"
+        )
+    notes = [
+        f"Target: {100 * summary['target']:.1f} % test accuracy "
+        f"(= the fraction asked of full data's {100 * summary['baseline_final_acc']:.1f} %).",
+        "Methods: " + "; ".join(f"`{k}`: {descriptions.get(k, k)}" for k in summary["methods"]),
+    ]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def _mean_curve(seeds: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of (x, acc), each seed cut to the shortest history."""
+    length = min(len(r["history"]) for r in seeds)
+    xs = np.array([[h[key] for h in r["history"][:length]] for r in seeds], dtype=np.float64)
+    ys = np.array([[h["acc"] for h in r["history"][:length]] for r in seeds], dtype=np.float64)
+    return xs.mean(0), ys.mean(0)
+
+
+def plot_curves(results: dict[str, list[dict]], target: float, title: str, path: Path) -> Path:
+    """Accuracy against backward examples and against wall-clock, one line per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.6), dpi=90, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    cmap = [f"C{i}" for i in range(10)]
+    for i, (name, seeds) in enumerate(results.items()):
+        style = "-" if i < 10 else "--"
+        for ax, key, scale in ((axes[0], "backward", 1e6), (axes[1], "wall_s", 1.0)):
+            x, y = _mean_curve(seeds, key)
+            ax.plot(x / scale, 100 * y, style, color=cmap[i % 10], label=name, linewidth=1.4)
+    # start the axis 30 points under the target: the approach to it is what matters
+    bottom = max(0.0, math.floor((100 * target - 30) / 10) * 10)
+    labels = ("backward examples (M, selection setup included)", "wall-clock s")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy %")
+        ax.set_ylim(bottom=bottom)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

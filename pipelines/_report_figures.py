@@ -1,0 +1,115 @@
+"""Figures for ``winnow report``: small aggregated arrays in, a base64 PNG data URI out.
+
+Every function takes already-aggregated data (histogram counts, a capped sample of points,
+per-epoch rows), never a full score column, so the figures cost the same at 10^3 or 10^8
+examples. Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, so
+nothing touches pyplot's global state or the user's backend choice.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+
+__all__ = [
+    "histogram_grid",
+    "scatter",
+    "cluster_sizes",
+    "trace_epochs",
+    "keep_counts",
+]
+
+_DPI = 72
+_BLUE = "#3b6ea8"
+_ORANGE = "#d9822b"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def _to_data_uri(fig) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def histogram_grid(hists: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """One panel per metric.
+
+    ``hists`` maps metric name to ``(edges float64 [K+1], counts int64 [K])``.
+    """
+    if not hists:
+        raise ValueError("histogram_grid needs at least one metric")
+    ncols = min(3, len(hists))
+    nrows = math.ceil(len(hists) / ncols)
+    fig = _figure(3.6 * ncols, 2.5 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, (name, (edges, counts)) in zip(axes.flat, hists.items(), strict=False):
+        widths = np.diff(edges)
+        ax.bar(edges[:-1], counts, width=widths, align="edge", color=_BLUE, edgecolor="white")
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("examples", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(hists) :]:
+        ax.set_visible(False)
+    return _to_data_uri(fig)
+
+
+def scatter(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str) -> str:
+    """A scatter of paired scores (``x``, ``y``: float [M], a capped sample)."""
+    fig = _figure(4.6, 3.6)
+    ax = fig.subplots()
+    ax.scatter(x, y, s=4, alpha=0.35, color=_BLUE, linewidths=0)
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return _to_data_uri(fig)
+
+
+def cluster_sizes(sizes: np.ndarray, *, title: str) -> str:
+    """Cluster sizes sorted descending (``sizes``: int [C], at most a few hundred bars)."""
+    fig = _figure(5.5, 2.8)
+    ax = fig.subplots()
+    order = np.sort(np.asarray(sizes))[::-1]
+    ax.bar(np.arange(len(order)), order, width=1.0, color=_BLUE)
+    ax.set_xlabel("cluster (largest first)")
+    ax.set_ylabel("examples")
+    ax.set_title(title, fontsize=10)
+    return _to_data_uri(fig)
+
+
+def trace_epochs(epochs: np.ndarray, pruned: np.ndarray, mean_loss: np.ndarray) -> str:
+    """Fraction pruned per epoch (bars) and mean loss of the kept rows (line), ``[E]`` each."""
+    fig = _figure(5.5, 3.0)
+    ax = fig.subplots()
+    ax.bar(epochs, pruned, color=_BLUE, label="fraction pruned")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction pruned", color=_BLUE)
+    if np.isfinite(mean_loss).any():
+        ax2 = ax.twinx()
+        ax2.plot(epochs, mean_loss, color=_ORANGE, marker="o", markersize=3)
+        ax2.set_ylabel("mean loss (kept)", color=_ORANGE)
+    ax.set_title("pruned per epoch", fontsize=10)
+    return _to_data_uri(fig)
+
+
+def keep_counts(times_kept: np.ndarray, num_examples: np.ndarray, num_epochs: int) -> str:
+    """How many examples were kept k times (``times_kept``, ``num_examples``: int [K])."""
+    fig = _figure(5.5, 2.8)
+    ax = fig.subplots()
+    ax.bar(times_kept, num_examples, width=0.8, color=_BLUE)
+    ax.set_xlabel(f"epochs kept (of {num_epochs})")
+    ax.set_ylabel("examples")
+    ax.set_title("how often each example was kept", fontsize=10)
+    return _to_data_uri(fig)

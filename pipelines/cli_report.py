@@ -1,0 +1,85 @@
+"""``winnow report`` and ``winnow bench`` subcommands.
+
+``report`` renders the store's runs into one HTML page (see ``pipelines.report``).
+``bench`` runs the time-to-accuracy benchmark, ``benchmarks/outcomes.py``. That directory is
+not part of the wheel, so ``bench`` works from a source checkout (editable install, run from the
+repository root) and says so clearly otherwise. Its arguments are handed to the benchmark's own
+parser unchanged, so ``winnow bench --help`` shows the benchmark's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    out = write_report(args.store, args.out, args.run or None, top_k=args.top_k)
+    print(f"wrote {out}")
+    return 0
+
+
+def _import_outcomes():
+    """``benchmarks.outcomes``, from the import path or a checkout in the working directory.
+
+    The console script's ``sys.path`` does not hold the working directory, so a source checkout
+    is found by looking for ``./benchmarks/outcomes.py``. Returns None when neither works.
+    """
+    for attempt in range(2):
+        try:
+            return importlib.import_module("benchmarks.outcomes")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("benchmarks", "benchmarks.outcomes"):
+                raise
+        root = Path.cwd()
+        if attempt or not (root / "benchmarks" / "outcomes.py").is_file():
+            return None
+        sys.path.insert(0, str(root))
+    return None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    outcomes = _import_outcomes()
+    if outcomes is None:
+        print(
+            "winnow bench: error: the benchmarks package is not importable. It ships with the "
+            "source repository, not the wheel: clone winnow, `pip install -e .[demo]`, and run "
+            "`winnow bench` (or `python -m benchmarks.outcomes`) from the repository root.",
+            file=sys.stderr,
+        )
+        return 2
+    return int(outcomes.main(args.bench_args) or 0)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of the store's scores and training traces",
+    )
+    report.add_argument("--store", required=True, help="score store root directory")
+    report.add_argument(
+        "--run",
+        action="append",
+        metavar="NAME",
+        help="run to include (repeatable; default: every run with scores or a trace)",
+    )
+    report.add_argument("--out", required=True, help="output HTML file")
+    report.add_argument("--top-k", type=int, default=10, help="examples listed per metric end")
+    report.set_defaults(func=_run_report)
+
+    # '+' as the only prefix makes every token (--quick, --out DIR, --help) a plain value here,
+    # so the benchmark's own parser sees exactly what the user typed.
+    bench = subparsers.add_parser(
+        "bench",
+        help="time-to-accuracy benchmark of every method (see `winnow bench --help`)",
+        prefix_chars="+",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_run_bench)

@@ -1,0 +1,328 @@
+"""``winnow report``: one self-contained HTML page about the runs in a score store.
+
+For each selected run the page shows what the store holds:
+
+- scores: a histogram per metric, learnability against loss, the highest and lowest examples
+  of each metric, cluster sizes and duplicate counts (embedding metrics);
+- training traces: the fraction pruned per epoch with the kept rows' mean loss, and how often
+  each example was kept.
+
+Everything is aggregated in DuckDB (``ScoreStore.sql``) before it reaches Python: histograms
+are bucketed in SQL, scatters use a capped, deterministic sample (ordered by a hash of the id),
+and top/bottom lists use ``ORDER BY ... LIMIT``. Figures are PNGs embedded as base64 data URIs,
+so the page is one file that opens anywhere. A small script marks ``<body data-images="ok">``
+once every image has decoded, which the browser test checks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import _report_figures as figures
+
+__all__ = ["render_report", "write_report"]
+
+_BINS = 40
+_SCATTER_POINTS = 4000
+_MAX_CLUSTER_BARS = 200
+_LOSS_NAMES = ("loss", "learner_loss", "ce_loss")
+
+
+def _lit(text: str) -> str:
+    """A SQL string literal (single quotes doubled)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _rows(store: Any, query: str) -> list[dict]:
+    return store.sql(query).to_pylist()
+
+
+def _available_runs(store: Any) -> dict[str, dict[str, bool]]:
+    """``{run: {"scores": bool, "trace": bool}}`` for every run with rows in either view.
+
+    The store keeps both views defined (empty, with their columns, until files exist)."""
+    found: dict[str, dict[str, bool]] = {}
+    for view in ("scores", "trace"):
+        for r in _rows(store, f"SELECT DISTINCT run FROM {view} ORDER BY run"):
+            found.setdefault(r["run"], {"scores": False, "trace": False})[view] = True
+    return found
+
+
+def _metric_summary(store: Any, run: str) -> list[dict]:
+    return _rows(
+        store,
+        f"""SELECT metric, count(*) AS n, count(*) FILTER (WHERE isnan(value)) AS missing,
+                   min(value) FILTER (WHERE isfinite(value)) AS lo,
+                   avg(value) FILTER (WHERE isfinite(value)) AS mean,
+                   max(value) FILTER (WHERE isfinite(value)) AS hi,
+                   bool_and(value = floor(value)) FILTER (WHERE isfinite(value)) AS integral
+            FROM scores WHERE run = {_lit(run)} GROUP BY metric ORDER BY metric""",
+    )
+
+
+def _histogram(store: Any, run: str, metric: str, lo: float, hi: float):
+    """``(edges float64 [_BINS+1], counts int64 [_BINS])`` of the finite values."""
+    width = (hi - lo) / _BINS if hi > lo else 1.0
+    rows = _rows(
+        store,
+        f"""SELECT least(greatest(floor((value - {lo!r}) / {width!r}), 0), {_BINS - 1})::INTEGER
+                   AS bin, count(*) AS n
+            FROM scores WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
+            GROUP BY bin""",
+    )
+    counts = np.zeros(_BINS, dtype=np.int64)
+    for r in rows:
+        counts[r["bin"]] = r["n"]
+    return lo + width * np.arange(_BINS + 1, dtype=np.float64), counts
+
+
+def _extremes(store: Any, run: str, metric: str, k: int, descending: bool) -> list[dict]:
+    order = "DESC" if descending else "ASC"
+    return _rows(
+        store,
+        f"""SELECT example_id, value FROM scores
+            WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
+            ORDER BY value {order}, example_id LIMIT {int(k)}""",
+    )
+
+
+def _paired_sample(store: Any, run: str, x_metric: str, y_metric: str):
+    rows = store.sql(
+        f"""SELECT x.value AS x, y.value AS y
+            FROM scores x JOIN scores y ON x.run = y.run AND x.example_id = y.example_id
+            WHERE x.run = {_lit(run)} AND x.metric = {_lit(x_metric)}
+              AND y.metric = {_lit(y_metric)} AND isfinite(x.value) AND isfinite(y.value)
+            ORDER BY hash(x.example_id) LIMIT {_SCATTER_POINTS}"""
+    )
+    return rows.column("x").to_numpy(), rows.column("y").to_numpy()
+
+
+def _cluster_sizes(store: Any, run: str, metric: str) -> np.ndarray:
+    rows = _rows(
+        store,
+        f"""SELECT count(*) AS n FROM scores
+            WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
+            GROUP BY value ORDER BY n DESC""",
+    )
+    return np.array([r["n"] for r in rows], dtype=np.int64)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "—" if not np.isfinite(value) else f"{value:.4g}"
+    if value is None:
+        return "—"
+    return html.escape(str(value))
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<figure><img src="{uri}" alt="{html.escape(alt)}"></figure>'
+
+
+def _scores_section(store: Any, run: str, top_k: int) -> str:
+    summary = _metric_summary(store, run)
+    parts = ["<h3>Scores</h3>"]
+    parts.append(
+        _table(
+            ["metric", "rows", "missing", "min", "mean", "max"],
+            [[s["metric"], s["n"], s["missing"], s["lo"], s["mean"], s["hi"]] for s in summary],
+        )
+    )
+    finite = [s for s in summary if s["lo"] is not None]
+    clusters = [s for s in finite if "cluster" in s["metric"] and s["integral"]]
+    dups = [s for s in finite if "dup" in s["metric"]]
+    plain = [s for s in finite if s not in clusters and s not in dups]
+    if plain:
+        hists = {s["metric"]: _histogram(store, run, s["metric"], s["lo"], s["hi"]) for s in plain}
+        parts.append(_img(figures.histogram_grid(hists), f"score histograms of {run}"))
+    names = {s["metric"] for s in finite}
+    loss = next((n for n in _LOSS_NAMES if n in names), None)
+    for learn in sorted(n for n in names if "learnability" in n):
+        if loss is None:
+            break
+        x, y = _paired_sample(store, run, loss, learn)
+        if len(x):
+            title = f"{learn} vs {loss} ({len(x)} examples sampled)"
+            uri = figures.scatter(x, y, xlabel=loss, ylabel=learn, title=title)
+            parts.append(_img(uri, title))
+    if plain:
+        parts.append(f"<h4>Highest and lowest {top_k} examples per metric</h4>")
+        rows = []
+        for s in plain:
+            for label, desc in (("highest", True), ("lowest", False)):
+                ext = _extremes(store, run, s["metric"], top_k, desc)
+                cells = [f"{r['example_id']} ({r['value']:.4g})" for r in ext]
+                rows.append([s["metric"], label, ", ".join(cells)])
+        parts.append(_table(["metric", "end", "example_id (value)"], rows))
+    for s in clusters:
+        sizes = _cluster_sizes(store, run, s["metric"])
+        title = (
+            f"{s['metric']}: {len(sizes)} clusters, sizes {sizes.min()}–{sizes.max()}"
+            f" (median {int(np.median(sizes))})"
+        )
+        parts.append(_img(figures.cluster_sizes(sizes[:_MAX_CLUSTER_BARS], title=title), title))
+    if dups:
+        rows = []
+        for s in dups:
+            flagged = _rows(
+                store,
+                f"""SELECT count(*) FILTER (WHERE value <> 0) AS flagged, count(*) AS n
+                    FROM scores WHERE run = {_lit(run)} AND metric = {_lit(s["metric"])}""",
+            )[0]
+            rows.append([s["metric"], flagged["flagged"], flagged["n"]])
+        parts.append("<h4>Duplicates</h4>")
+        parts.append(_table(["metric", "flagged (value ≠ 0)", "scored"], rows))
+    return "\n".join(parts)
+
+
+def _trace_section(store: Any, run: str, num_examples: int | None) -> str:
+    """Pruned fractions use the manifest's ``num_examples``, else the distinct ids traced."""
+    where = f"run = {_lit(run)}"
+    seen = _rows(store, f"SELECT count(DISTINCT example_id) AS n FROM trace WHERE {where}")
+    n = int(num_examples or seen[0]["n"])
+    per_epoch = _rows(
+        store,
+        f"""SELECT epoch, count(*) AS rows, count(*) FILTER (WHERE kept) AS kept,
+                   avg(loss) FILTER (WHERE kept AND isfinite(loss)) AS mean_loss,
+                   avg(weight) FILTER (WHERE kept) AS mean_weight
+            FROM trace WHERE {where} GROUP BY epoch ORDER BY epoch""",
+    )
+    epochs = np.array([r["epoch"] for r in per_epoch], dtype=np.int64)
+    kept = np.array([r["kept"] for r in per_epoch], dtype=np.float64)
+    pruned = 1.0 - kept / max(n, 1)
+    mean_loss = np.array(
+        [np.nan if r["mean_loss"] is None else r["mean_loss"] for r in per_epoch], dtype=float
+    )
+    hist = _rows(
+        store,
+        f"""SELECT times_kept, count(*) AS n FROM (
+                SELECT example_id, count(*) FILTER (WHERE kept) AS times_kept
+                FROM trace WHERE {where} GROUP BY example_id)
+            GROUP BY times_kept ORDER BY times_kept""",
+    )
+    parts = [
+        f"<h3>Training trace</h3><p>{seen[0]['n']} distinct examples traced over {len(epochs)}"
+        f" epochs; fractions are of {n} examples.</p>"
+    ]
+    parts.append(_img(figures.trace_epochs(epochs, pruned, mean_loss), f"pruned per epoch {run}"))
+    uri = figures.keep_counts(
+        np.array([r["times_kept"] for r in hist]), np.array([r["n"] for r in hist]), len(epochs)
+    )
+    parts.append(_img(uri, f"keep counts {run}"))
+    parts.append(
+        _table(
+            ["epoch", "rows", "kept", "fraction pruned", "mean loss (kept)", "mean weight (kept)"],
+            [
+                [r["epoch"], r["rows"], r["kept"], float(p), r["mean_loss"], r["mean_weight"]]
+                for r, p in zip(per_epoch, pruned, strict=True)
+            ],
+        )
+    )
+    return "\n".join(parts)
+
+
+_MANIFEST_KEYS = ("name", "kind", "status", "num_examples", "created", "finished")
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px} h2{border-bottom:2px solid #3b6ea8;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#eef2f8} figure{margin:8px 0;display:inline-block} img{max-width:100%}
+.note{color:#666;font-size:13px}
+"""
+
+# Marks the page once every image has decoded; the browser test reads the attributes.
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.setAttribute("data-images-loaded", ok + "/" + imgs.length);
+  document.body.setAttribute("data-images", ok === imgs.length ? "ok" : "broken");
+});
+"""
+
+
+def render_report(
+    store: Any, runs: Sequence[str] | None = None, *, top_k: int = 10, title: str | None = None
+) -> str:
+    """The report page as one HTML string.
+
+    Args:
+        store: a ``store.ScoreStore`` (only ``sql`` and ``runs`` are used).
+        runs: run names to include; ``None`` means every run with scores or a trace.
+        top_k: how many highest/lowest examples to list per metric.
+    Raises:
+        ValueError: a requested run has neither scores nor a trace, or the store is empty.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    available = _available_runs(store)
+    if runs is None:
+        selected = list(available)
+        if not selected:
+            raise ValueError("the store has no scores and no traces to report on")
+    else:
+        selected = list(dict.fromkeys(runs))
+        missing = [r for r in selected if r not in available]
+        if missing:
+            raise ValueError(
+                f"run(s) {missing} have no scores or trace in the store; "
+                f"available runs: {sorted(available)}"
+            )
+    heading = title or "winnow report"
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(heading)}</title>",
+        f"<style>{_STYLE}</style></head><body data-images='pending'>",
+        f"<h1>{html.escape(heading)}</h1><p class='note'>generated {now}</p>",
+    ]
+    manifests = {m.get("name"): m for m in store.runs()}
+    rows = [[manifests[r].get(k) for k in _MANIFEST_KEYS] for r in selected if r in manifests]
+    if rows:
+        parts.append(_table(_MANIFEST_KEYS, rows))
+    for run in selected:
+        parts.append(f"<h2>Run {html.escape(run)}</h2>")
+        if available[run]["scores"]:
+            parts.append(_scores_section(store, run, top_k))
+        if available[run]["trace"]:
+            parts.append(_trace_section(store, run, manifests.get(run, {}).get("num_examples")))
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    runs: Sequence[str] | None = None,
+    *,
+    top_k: int = 10,
+) -> Path:
+    """Render the report of the store at ``root`` and write it atomically to ``out``."""
+    from store import ScoreStore
+
+    page = render_report(ScoreStore(root), runs, top_k=top_k, title=f"winnow report: {root}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-report-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, out)
+    return out
