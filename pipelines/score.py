@@ -136,7 +136,7 @@ def score(
             "pass --resume to continue it, or choose another --run"
         )
     if existing is not None:
-        shard_size = _check_resumable(existing, config, shard_size)
+        shard_size = _check_resumable(existing, config, describe_model(model_spec), shard_size)
     shard_size = shard_size or default_shard_size(plan.num_rows)
     config["shard_size"] = shard_size
     spec = JobSpec(
@@ -152,18 +152,18 @@ def score(
         embed_layer=embed_layer,
         device=device,
     )
-    if existing is None:
-        outputs = list(scalar_outputs(metrics))
-        if EMBEDDING in metrics:
-            outputs += ["cluster", "proto_dist", *(_dup_metric(e) for e in dedup_eps)]
-        scores.begin_run(
-            run,
-            kind="scores",
-            config=config,
-            model=describe_model(model_spec),
-            num_examples=plan.num_examples,
-            metrics=tuple(outputs),
-        )
+    outputs = list(scalar_outputs(metrics))
+    if EMBEDDING in metrics:
+        outputs += ["cluster", "proto_dist", *(_dup_metric(e) for e in dedup_eps)]
+    # On resume this marks the run "running" again, keeping its creation time.
+    scores.begin_run(
+        run,
+        kind="scores",
+        config=config,
+        model=describe_model(model_spec),
+        num_examples=plan.num_examples,
+        metrics=tuple(outputs),
+    )
     done = _completed_shards(scores, spec)
     todo = [k for k in range(spec.num_shards) if k not in done]
     todo_rows = sum(spec.shard_rows(k)[1] - spec.shard_rows(k)[0] for k in todo)
@@ -235,9 +235,21 @@ def _existing_manifest(scores: Any, run: str) -> dict[str, Any] | None:
 
 
 def _check_resumable(
-    manifest: Mapping[str, Any], config: Mapping[str, Any], shard_size: int | None
+    manifest: Mapping[str, Any],
+    config: Mapping[str, Any],
+    model: Mapping[str, Any] | None,
+    shard_size: int | None,
 ) -> int:
-    """The stored shard size, after checking the resumed job is the same job."""
+    """The stored shard size, after checking the resumed job is the same job.
+
+    Same data, metrics and model identity (factory, kwargs, checkpoint hash); the model's code
+    may change (that is how a failing model gets fixed before ``--resume``).
+    """
+    if manifest.get("model") != model:
+        raise ValueError(
+            f"cannot resume run {manifest.get('name')!r}: the model differs "
+            f"(stored {manifest.get('model')!r}, now {model!r})"
+        )
     stored = manifest.get("config", {})
     for key in ("source", "metrics", "reference", "embed_layer", "num_rows"):
         if stored.get(key) != config[key]:

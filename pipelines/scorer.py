@@ -21,6 +21,7 @@ Metric names and directions (all float32 per example, keyed by ``example_id``):
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,13 +123,20 @@ class BatchScorer:
                     "is the embedding (--embed-layer, e.g. 'head')"
                 )
         self._embed_layer = embed_layer
+        # Imported here, not per batch, so a missing dependency is not blamed on the user's model.
+        self._scores = (
+            importlib.import_module("selection.scores")
+            if _SCORES.intersection(self.metrics)
+            else None
+        )
+        self._grad_norms = None
+        if "grad_norm" in self.metrics:
+            self._grad_norms = importlib.import_module("selection.gradnorm").per_example_grad_norms
 
     def __call__(self, x: Any, y: Any | None) -> dict[str, np.ndarray]:
         import torch
 
-        if _SCORES.intersection(self.metrics):
-            from selection import scores
-
+        scores = self._scores
         x = x.to(self.device, non_blocking=True)
         y = None if y is None else y.to(self.device, non_blocking=True)
         out: dict[str, Any] = {}
@@ -153,10 +161,8 @@ class BatchScorer:
                 emb = self._captured[-1] if self._embed is None else self._embed(x)
                 out[EMBEDDING] = emb.flatten(1)
                 out["embedding_norm"] = out[EMBEDDING].float().norm(dim=1)
-        if "grad_norm" in self.metrics:
-            from selection.gradnorm import per_example_grad_norms
-
-            out["grad_norm"] = per_example_grad_norms(self.model, self.loss_fn, x, y)
+        if self._grad_norms is not None:
+            out["grad_norm"] = self._grad_norms(self.model, self.loss_fn, x, y)
         result = {}
         for name, value in out.items():
             array = torch.as_tensor(value).detach().to("cpu")

@@ -1,0 +1,120 @@
+"""Exactly-once: SIGKILL the job's driver (with its embedded Ray) part-way, resume, compare.
+
+The driver runs as ``python -m pipelines.score`` in its own session, so that after the kill every
+Ray process it started (GCS, raylet, workers, agents) can be found by session id and removed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipelines
+from store import ScoreStore
+from tests.pipelines.scoring_fixtures import make_arrays, write_parquet
+
+N, SHARD = 1800, 100  # 18 shards
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _job_args(data: Path, store: Path, run: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pipelines.score",
+        "--data", str(data), "--feature-columns", "x",
+        "--model", "tests.pipelines.scoring_fixtures:slow_mlp",
+        "--metrics", "loss", "--store", str(store), "--run", run,
+        "--shard-size", str(SHARD), "--batch-size", "50",
+        "--num-cpus", "2", "--actors", "2", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid``: what the killed driver left behind."""
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True
+    ).stdout
+    rows = (line.split() for line in out.splitlines())
+    return [int(pid) for pid, s, stat in rows if int(s) == sid and not stat.startswith("Z")]
+
+
+def _kill_driver_when(store: ScoreStore, cmd: list[str], min_shards: int, deadline_s: float):
+    """Start the driver; SIGKILL it once ``min_shards`` loss shards are committed."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and proc.poll() is None:
+            if len(store.completed_shards("run", "loss")) >= min_shards:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"job ended before the kill: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        for pid in _session_pids(proc.pid):  # the embedded Ray the dead driver left behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.stderr.close()
+    time.sleep(0.5)
+    assert _session_pids(proc.pid) == []
+
+
+@pytest.mark.timeout(170)
+def test_sigkill_driver_then_resume_gives_exactly_the_uninterrupted_result(ray_session, tmp_path):
+    x, y = make_arrays(N, seed=3)
+    data = write_parquet(tmp_path / "data", x, y, files=2, row_group_size=64)
+    # Uninterrupted reference: the same job and actor set-up, on the session's Ray.
+    pipelines.score(
+        str(data), "tests.pipelines.scoring_fixtures:slow_mlp", feature_columns="x",
+        metrics="loss", store=tmp_path / "ref", run="run", shard_size=SHARD,
+        batch_size=50, actors=2, progress=False,
+    )  # fmt: skip
+    ref = ScoreStore(tmp_path / "ref")
+
+    store = ScoreStore(tmp_path / "store")
+    rng = np.random.default_rng(7)
+    first = int(rng.integers(1, 5))
+    _kill_driver_when(store, _job_args(data, tmp_path / "store", "run"), first, 120)
+    after_first = store.completed_shards("run", "loss")
+    assert 0 < len(after_first) < N // SHARD
+    assert store.manifest("run")["status"] == "running"
+
+    second = len(after_first) + int(rng.integers(1, 4))
+    resume = _job_args(data, tmp_path / "store", "run", "--resume")
+    _kill_driver_when(store, resume, second, 120)
+    after_second = store.completed_shards("run", "loss")
+    assert after_first < after_second and len(after_second) < N // SHARD
+
+    done = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    manifest = store.manifest("run")
+    assert manifest["status"] == "complete"
+    assert manifest["row_counts"] == {"loss": N}
+    assert manifest["extra"]["shards_skipped"] == len(after_second)
+    assert manifest["resumed"] == 2
+    for metric in ("loss",):
+        table = store.sql(
+            f"SELECT count(*) AS n, count(DISTINCT example_id) AS d FROM scores "
+            f"WHERE run = 'run' AND metric = '{metric}'"
+        )
+        assert table.column("n")[0].as_py() == N and table.column("d")[0].as_py() == N
+        values, present = store.read("run", metric)
+        expected, _ = ref.read("run", metric)
+        assert present.all() and len(values) == N
+        np.testing.assert_array_equal(values, expected)

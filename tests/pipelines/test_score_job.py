@@ -1,0 +1,197 @@
+"""The scoring job on the session's real local Ray, checked against direct torch computations."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pipelines
+from pipelines.scorer import ShardError
+from store import ScoreStore
+from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
+
+FIX = "tests.pipelines.scoring_fixtures"
+
+
+def _expected_loss(x, y, seed=0):
+    model = mlp(seed).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    return F.cross_entropy(logits, torch.from_numpy(y), reduction="none").numpy(), logits
+
+
+def test_import_pipelines_imports_neither_ray_nor_torch():
+    code = (
+        "import sys, pipelines, pipelines.cli; pipelines.cli.build_parser(); "
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(120)
+def test_ray_job_on_parquet_matches_direct_computation(ray_session, tmp_path):
+    n = 700
+    x, y = make_arrays(n, seed=1)
+    ids = np.arange(n, dtype=np.int64)[::-1] * 2 + 5  # sparse, descending: never positions
+    data = write_parquet(tmp_path / "data", x, y, ids, files=3, row_group_size=50)
+    manifest = pipelines.score(
+        str(data),
+        f"{FIX}:mlp",
+        feature_columns="x",
+        metrics="loss,el2n,entropy,margin,grad_norm,embedding",
+        store=tmp_path / "store",
+        run="r1",
+        shard_size=128,
+        batch_size=50,
+        actors=2,
+        num_clusters=4,
+        progress=False,
+    )
+    assert manifest["status"] == "complete"
+    expected = {"loss": n, "el2n": n, "entropy": n, "margin": n, "grad_norm": n}
+    assert {k: manifest["row_counts"][k] for k in expected} == expected
+    assert manifest["vector_rows"]["embedding"] == n
+    assert manifest["extra"]["shards"] == 6 and manifest["extra"]["rows_scored"] == n
+    assert manifest["config"]["shard_size"] == 128
+
+    store = ScoreStore(tmp_path / "store")
+    loss, logits = _expected_loss(x, y)
+    values, present = store.read("r1", "loss")
+    assert present.sum() == n and set(np.flatnonzero(present)) == set(ids)
+    np.testing.assert_allclose(values[ids], loss, rtol=1e-5, atol=1e-6)
+    probs = logits.softmax(1).numpy()
+    el2n = np.linalg.norm(probs - np.eye(10)[y], axis=1)
+    np.testing.assert_allclose(store.read("r1", "el2n")[0][ids], el2n, rtol=1e-5, atol=1e-6)
+    entropy = -(probs * np.log(probs)).sum(1)
+    np.testing.assert_allclose(store.read("r1", "entropy")[0][ids], entropy, rtol=1e-4)
+    gn = store.read("r1", "grad_norm")[0][ids]
+    model = mlp(0).eval()
+    for row in (0, 333, n - 1):  # exact per-example gradient norm, one backward each
+        model.zero_grad()
+        F.cross_entropy(
+            model(torch.from_numpy(x[row : row + 1])), torch.tensor(y[row : row + 1])
+        ).backward()
+        norm = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
+        np.testing.assert_allclose(gn[row], norm.item(), rtol=1e-4)
+    vec_ids, vectors = store.read_vectors("r1", "embedding")
+    assert vectors.dtype == np.float16 and vectors.shape == (n, 32)
+    with torch.no_grad():
+        emb = model.embed(torch.from_numpy(x)).numpy()
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(vec_ids, ids[order])
+    np.testing.assert_allclose(vectors.astype(np.float32), emb[order], rtol=2e-3, atol=2e-3)
+    cluster = store.read("r1", "cluster")[0][ids]
+    assert set(np.unique(cluster)) <= set(range(4))
+    hardest = (
+        store.sql(
+            "SELECT example_id FROM scores WHERE run = 'r1' AND metric = 'loss' "
+            "ORDER BY value DESC LIMIT 5"
+        )
+        .column("example_id")
+        .to_pylist()
+    )
+    assert hardest == ids[np.argsort(-loss, kind="stable")[:5]].tolist()
+
+
+@pytest.mark.timeout(120)
+def test_failing_model_names_shard_and_id_and_keeps_other_shards(ray_session, tmp_path):
+    n, bad_row = 400, 250  # shard 2 of 100-row shards
+    x, y = make_arrays(n, seed=2)
+    x[bad_row, 0] = BAD_MARKER
+    data = write_parquet(tmp_path / "data", x, y, files=1)
+    flag = tmp_path / "broken"
+    flag.touch()
+    args = dict(
+        feature_columns="x",
+        store=tmp_path / "store",
+        run="fails",
+        shard_size=100,
+        batch_size=32,
+        actors=2,
+        progress=False,
+    )
+    model = pipelines.ModelSpec(f"{FIX}:exploding_mlp", kwargs={"flag": str(flag)})
+    with pytest.raises(ShardError, match=rf"shard 2 failed, first failing example_id {bad_row}"):
+        pipelines.score(str(data), model, **args)
+    store = ScoreStore(tmp_path / "store")
+    committed = store.completed_shards("fails", "loss")
+    assert 2 not in committed
+    manifest = store.manifest("fails")
+    assert manifest["status"] == "failed" and manifest["extra"]["failed_id"] == bad_row
+    loss, _ = _expected_loss(x, y)
+    values, present = store.read("fails", "loss", num_examples=n)
+    assert present.sum() == 100 * len(committed)
+    np.testing.assert_allclose(values[present], loss[present], rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(ValueError, match="already exists"):
+        pipelines.score(str(data), model, **args)
+    flag.unlink()  # "fix" the model, then continue the run without redoing committed shards
+    manifest = pipelines.score(str(data), model, resume=True, executor="inline", **args)
+    assert manifest["status"] == "complete" and manifest["row_counts"]["loss"] == n
+    assert manifest["extra"]["shards_skipped"] == len(committed)
+    values, present = store.read("fails", "loss")
+    assert present.all()
+    np.testing.assert_allclose(values, loss, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_rescores_only_missing_shards_and_checks_identity(tmp_path):
+    args = dict(
+        store=tmp_path / "store", run="r", shard_size=100, executor="inline", progress=False
+    )
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 300})
+    first = pipelines.score(source, f"{FIX}:mlp", **args)
+    store = ScoreStore(tmp_path / "store")
+    before, _ = store.read("r", "loss")
+    shard_file = tmp_path / "store/scores/run=r/metric=loss/shard-00001.parquet"
+    assert shard_file.exists()
+    shard_file.unlink()  # as if the job died before committing shard 1
+    again = pipelines.score(source, f"{FIX}:mlp", resume=True, **args)
+    assert again["extra"]["shards_skipped"] == 2 and again["extra"]["rows_scored"] == 100
+    assert again["row_counts"]["loss"] == 300 and again["created"] == first["created"]
+    np.testing.assert_array_equal(store.read("r", "loss")[0], before)
+    with pytest.raises(ValueError, match="model differs"):
+        pipelines.score(source, f"{FIX}:mlp_with_loss", resume=True, **args)
+    with pytest.raises(ValueError, match="metrics differs"):
+        pipelines.score(source, f"{FIX}:mlp", resume=True, metrics=["el2n"], **args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"metrics": "loss,bogus"}, "unknown metric"),
+        ({"metrics": "learnability"}, "needs a reference model"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"executor": "spark"}, "executor must be"),
+        ({"device": "tpu"}, "device must be"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_write(tmp_path, kwargs, match):
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 10})
+    with pytest.raises(ValueError, match=match):
+        pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_unlabelled_parquet_allows_only_label_free_metrics(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, _ = make_arrays(20)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 40)
+    pq.write_table(pa.table({"example_id": np.arange(20), "x": flat}), tmp_path / "u.parquet")
+    args = dict(feature_columns="x", label_column=None, store=tmp_path / "s", executor="inline")
+    with pytest.raises(ValueError, match="need labels"):
+        pipelines.score(str(tmp_path / "u.parquet"), f"{FIX}:mlp", run="a", **args)
+    manifest = pipelines.score(
+        str(tmp_path / "u.parquet"),
+        f"{FIX}:mlp",
+        run="b",
+        metrics="entropy",
+        progress=False,
+        **args,
+    )
+    assert manifest["row_counts"] == {"entropy": 20}
