@@ -12,6 +12,7 @@ from selection.choose import (
     top_k,
     uniform,
 )
+from selection.gradnorm import per_example_grad_norms
 from selection.losses import (
     as_per_example,
     per_example_cross_entropy,
@@ -27,6 +28,7 @@ __all__ = [
     "gumbel_top_k",
     "offset_window",
     "per_example_cross_entropy",
+    "per_example_grad_norms",
     "per_example_mse",
     "random_mix",
     "sequence_loss",
