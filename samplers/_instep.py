@@ -234,5 +234,7 @@ class DeviceGenerators:
         return {key: gen.get_state() for key, gen in self._gens.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # A device absent from the state had not drawn yet: it restarts from the seed.
+        self._gens.clear()
         for key, value in state.items():
             self.get(torch.device(key)).set_state(value)
