@@ -20,8 +20,22 @@ from selection.losses import (
     sequence_loss,
     sigmoid_pair_losses,
 )
+from selection.scores import (
+    ForgettingTracker,
+    el2n,
+    entropy,
+    last_layer_grad_norm,
+    learnability,
+    margin,
+)
 
 __all__ = [
+    "ForgettingTracker",
+    "el2n",
+    "entropy",
+    "last_layer_grad_norm",
+    "learnability",
+    "margin",
     "as_per_example",
     "bottom_k",
     "class_budgets",
