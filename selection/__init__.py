@@ -20,6 +20,13 @@ from selection.losses import (
     sequence_loss,
     sigmoid_pair_losses,
 )
+from selection.noise_scale import (
+    NoiseScaleEstimate,
+    NoiseScaleTracker,
+    grad_sq_norm,
+    noise_scale_from_per_example,
+    noise_scale_two_batches,
+)
 from selection.scores import (
     ForgettingTracker,
     el2n,
@@ -30,6 +37,11 @@ from selection.scores import (
 )
 
 __all__ = [
+    "NoiseScaleEstimate",
+    "NoiseScaleTracker",
+    "grad_sq_norm",
+    "noise_scale_from_per_example",
+    "noise_scale_two_batches",
     "ForgettingTracker",
     "el2n",
     "entropy",
