@@ -10,9 +10,10 @@ progresses, exactly as its section of ALGORITHMS.md says:
 - in-step selectors (RHO-LOSS, JEST, importance sampling) and hard-batch keep the full-data step
   count; the selectors pay their scoring forwards on super-batches.
 
-Setups that several methods share at one seed (the twin irreducible-loss models that are both
-RHO-LOSS's IL and JEST's reference) are computed once and their measured cost is charged to
-every method that uses them, so each method's time-to-target includes its whole overhead.
+Setups that several methods share at one seed (EL2N scores, used with and without calibration;
+the twin irreducible-loss models that are both RHO-LOSS's IL and JEST's reference) are computed
+once and their measured cost is charged to every method that uses them, so each method's
+time-to-target includes its whole overhead.
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ class MethodConfig:
     infobatch_prune: float = 0.5
     infobatch_delta: float = 0.875
     el2n_runs: int = 3  # Data Diet averages >= 10 runs; 3 keeps the benchmark short
-    el2n_epochs: int = 2  # "early" scoring epoch
+    el2n_epochs: int = 2  # "early": Data Diet scores at 10 % of training
     mix_alpha: float = 0.5  # random-mix calibration: share of the budget drawn uniformly
     hard_delta: float = 0.5
     rho_keep: float = 0.1
     jest_filter: float = 0.8
     il_epochs: int = 5
     is_presample: int = 3
+
+    @classmethod
+    def for_recipe(cls, epochs: int, **overrides) -> MethodConfig:
+        """Scoring lengths scaled to the recipe: EL2N at 10 % of the epochs, IL models 25 %."""
+        scaled = {"el2n_epochs": max(1, round(0.1 * epochs)), "il_epochs": max(1, epochs // 4)}
+        return cls(**{**scaled, **overrides})
 
 
 class SharedSetups:
@@ -116,10 +123,10 @@ def _el2n_scores(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
     return (total / cfg.el2n_runs).astype(np.float32)
 
 
-def _el2n_pruned(run: MethodRun, cfg: MethodConfig, alpha: float) -> None:
+def _el2n_pruned(run: MethodRun, cfg: MethodConfig, shared: SharedSetups, alpha: float) -> None:
     from selection.choose import random_mix
 
-    scores = _el2n_scores(run, cfg)
+    scores = shared.get(("el2n",), run, lambda r: _el2n_scores(r, cfg))
     k = round(cfg.ratio * run.task.num_examples)
     subset = random_mix(scores, k, alpha=alpha, rng=np.random.default_rng(run.seed + 3))
     run.begin_training()
@@ -127,11 +134,105 @@ def _el2n_pruned(run: MethodRun, cfg: MethodConfig, alpha: float) -> None:
 
 
 def el2n(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    _el2n_pruned(run, cfg, 0.0)
+    _el2n_pruned(run, cfg, shared, 0.0)
 
 
 def el2n_mix(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    _el2n_pruned(run, cfg, cfg.mix_alpha)
+    _el2n_pruned(run, cfg, shared, cfg.mix_alpha)
+
+
+def _super_batches(n: int, size: int, steps: int, rng: np.random.Generator):
+    """``steps`` super-batches of ``size`` ids from reshuffled passes (remainders dropped)."""
+    perm, pos = rng.permutation(n), 0
+    for _ in range(steps):
+        if pos + size > n:
+            perm, pos = rng.permutation(n), 0
+        yield perm[pos : pos + size]
+        pos += size
+
+
+def _full_steps(run: MethodRun) -> int:
+    return run.recipe.epochs * math.ceil(run.task.num_examples / run.recipe.batch_size)
+
+
+def _twin_irreducible(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
+    """Twin IL losses (ALGORITHMS.md §6, no holdout): two models of the learner's architecture,
+    each trained ``il_epochs`` on one half (even / odd ids), score the other half.
+
+    float32 [N]. Trained with the benchmark's own counted loop rather than
+    ``samplers.rho.train_twin_irreducible`` so that every IL step and forward is accounted.
+    """
+    ids = np.arange(run.task.num_examples)
+    il = np.empty(len(ids), dtype=np.float32)
+    halves = (ids[0::2], ids[1::2])
+    for h, (train_on, score_on) in enumerate((halves, halves[::-1])):
+        model = run.train_helper(train_on, cfg.il_epochs, seed=20_000 + 97 * run.seed + h)
+        il[score_on] = run.losses(score_on, model).numpy()
+    return il
+
+
+def _train_selected(run: MethodRun, super_batch: int, choose) -> None:
+    """Full-data step count; each step scores a super-batch and trains the rows ``choose``
+    returns as ``(rows, weights)``."""
+    total = _full_steps(run)
+    rng = np.random.default_rng(run.seed + 1)
+    run.begin_training()
+    for step, ids in enumerate(_super_batches(run.task.num_examples, super_batch, total, rng)):
+        rows, weights = choose(ids)
+        run.step(ids[rows.numpy()], step / total, weights=weights)
+
+
+def rho_loss(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    from samplers.rho import RhoLossSelector
+
+    il = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
+    selector = RhoLossSelector(il, keep=cfg.rho_keep, seed=run.seed, source="twin IL models")
+    super_batch = round(run.recipe.batch_size / cfg.rho_keep)
+    _train_selected(run, super_batch, lambda ids: selector.select(ids, run.losses(ids)))
+
+
+def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    from samplers.jest import JESTSelector
+
+    reference = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
+    selector = JESTSelector(
+        reference, filter_ratio=cfg.jest_filter, seed=run.seed, source="twin IL models"
+    )
+    super_batch = round(run.recipe.batch_size / (1.0 - cfg.jest_filter))
+    _train_selected(run, super_batch, lambda ids: selector.select(ids, run.losses(ids)))
+
+
+def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    from samplers.importance import ImportanceSelector
+
+    selector = ImportanceSelector(run.recipe.batch_size, seed=run.seed)
+    y = run.task.y
+
+    def choose(ids):
+        return selector.select_logits(ids, run.logits(ids), y[torch.from_numpy(ids)])
+
+    _train_selected(run, cfg.is_presample * run.recipe.batch_size, choose)
+
+
+def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    from samplers.hardbatch import HardBatchSampler
+
+    sampler = HardBatchSampler(
+        run.task.num_examples,
+        run.recipe.batch_size,
+        cfg.hard_delta,
+        run.recipe.epochs,
+        seed=run.seed + 1,
+    )
+    total = sampler.total_steps
+    run.begin_training()
+    done = 0
+    for epoch in range(run.recipe.epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            ids = np.asarray(batch, dtype=np.int64)
+            sampler.update(ids, run.step(ids, done / total))
+            done += 1
 
 
 METHODS: dict[str, tuple[Callable[[MethodRun, MethodConfig, SharedSetups], None], str]] = {
@@ -139,6 +240,10 @@ METHODS: dict[str, tuple[Callable[[MethodRun, MethodConfig, SharedSetups], None]
     "static_random": (static_random, "static random subset at `ratio`, same epochs"),
     "el2n": (el2n, "static EL2N pruning, keep the hardest `ratio`"),
     "el2n_mix": (el2n_mix, "static EL2N with random-mix calibration (alpha)"),
+    "hard_batch": (hard_batch, "DyBAT hard batches, top-delta of a fixed partition"),
+    "rho_loss": (rho_loss, "RHO-LOSS top-10 % of a 10x super-batch, twin IL models"),
+    "jest": (jest, "per-example JEST, learnability sampling, f = 0.8"),
+    "importance": (importance, "importance sampling, last-layer bound, presample 3, tau gate"),
 }
 
 

@@ -31,7 +31,7 @@ __all__ = ["main", "build_parser"]
 
 _RESULTS = Path(__file__).resolve().parent / "results"
 _DEFAULTS = {"num_train": 40_000, "epochs": 20, "seeds": 3, "models": "cnn,mlp"}
-_QUICK = {"num_train": 4_000, "epochs": 3, "seeds": 1, "models": "cnn,mlp"}
+_QUICK = {"num_train": 4_000, "epochs": 30, "seeds": 1, "models": "cnn,mlp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~2 minute smoke-test configuration")
     p.add_argument("--out", type=Path, default=_RESULTS, help="output directory")
     p.add_argument("--num-train", type=int, help="training rows (default 40000; quick 4000)")
-    p.add_argument("--epochs", type=int, help="epochs of the shared recipe (default 20; quick 3)")
+    p.add_argument("--epochs", type=int, help="epochs of the shared recipe (default 20; quick 30)")
     p.add_argument("--seeds", type=int, help="seeds per method (default 3; quick 1)")
     p.add_argument("--models", help="comma-separated: cnn, mlp (default both)")
     p.add_argument(
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.3, help="RS2 / static subsets kept fraction")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--target-frac", type=float, default=0.95)
+    p.add_argument("--target-frac", type=float, default=0.98)
     p.add_argument("--eval-every", type=float, default=0.25, help="in epochs of backward rows")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--data-seed", type=int, default=42)
@@ -114,7 +114,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    cfg = MethodConfig(ratio=args.ratio)
+    cfg = MethodConfig.for_recipe(args.epochs, ratio=args.ratio)
     doc: dict = {
         "benchmark": "outcomes",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
