@@ -41,8 +41,8 @@ from samplers._instep import (
 from selection.jest import (
     LEARNABILITY_MODES,
     batch_size_for,
+    jest_scores,
     joint_sample,
-    learnability,
     sample_per_example,
 )
 from selection.losses import sigmoid_pair_losses
@@ -197,7 +197,7 @@ class JESTSelector:
             if self.mode == "hard_learner"
             else self.reference_scores(ids_np, learner.device).to(learner.dtype)
         )
-        scores = learnability(learner, reference, self.mode)
+        scores = jest_scores(learner, reference, self.mode)
         rows = sample_per_example(
             scores, b, temperature=self.temperature, generator=self._gens.get(learner.device)
         )
@@ -239,7 +239,7 @@ class JESTSelector:
             reference = reference.to(learner.dtype)
         b = self.selected_size(n)
         rows = joint_sample(
-            learnability(learner, reference, self.mode),
+            jest_scores(learner, reference, self.mode),
             b,
             n_chunks=self.n_chunks,
             temperature=self.temperature,

@@ -23,7 +23,7 @@ from samplers._instep import (
     ids_to_numpy,
     resolve_batch_size,
 )
-from selection.jest import gumbel_top_k
+from selection.jest import gumbel_top_k_tensor
 
 __all__ = ["TopLossSelector"]
 
@@ -75,7 +75,8 @@ class TopLossSelector:
         if self.beta is None:
             rows = torch.topk(losses, b, sorted=True).indices
         else:
-            rows = gumbel_top_k(losses * self.beta, b, generator=self._gens.get(losses.device))
+            gen = self._gens.get(losses.device)
+            rows = gumbel_top_k_tensor(losses * self.beta, b, generator=gen)
         self.steps += 1
         return rows, torch.ones(b, dtype=torch.float32, device=losses.device)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from selection.scores import el2n, last_layer_grad_norm
+
 __all__ = [
     "last_layer_bound",
     "sample_with_replacement",
@@ -29,38 +31,21 @@ __all__ = [
 def last_layer_bound(
     logits: torch.Tensor, targets: torch.Tensor, *, features: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-example gradient-norm bound for softmax cross-entropy, ``[B]`` float32 (>= 0).
+    """Per-example gradient-norm bound for softmax cross-entropy, ``[B]`` (>= 0).
 
     ``logits``: ``[B, C]``; ``targets``: ``[B]`` int class ids in ``[0, C)``. Without
     ``features`` this is ``||softmax(z_i) - onehot(y_i)||_2``, the norm of the loss gradient
-    w.r.t. the logits (EL2N). With ``features`` (``[B, H]``, the input of the last linear layer,
-    bias included) it is that layer's exact per-example gradient norm
-    ``||p_i - y_i||_2 * sqrt(||h_i||^2 + 1)``. Computed without autograd; any device.
+    w.r.t. the logits (EL2N, :func:`selection.scores.el2n`). With ``features`` (``[B, H]``, the
+    input of the last linear layer, bias included) it is that layer's exact per-example gradient
+    norm ``||p_i - y_i||_2 * sqrt(||h_i||^2 + 1)`` (:func:`selection.scores.last_layer_grad_norm`).
+    Computed without autograd; any device.
     """
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
-    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"targets must be [B] with B = {logits.shape[0]} (logits rows), "
-            f"got shape {tuple(targets.shape)}"
-        )
-    if targets.is_floating_point():
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point():
         raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
     with torch.no_grad():
-        p = torch.softmax(logits.float(), dim=1)
-        residual = p.scatter_add(
-            1, targets.long().unsqueeze(1), -torch.ones_like(p[:, :1])
-        )  # p - onehot(y)
-        norm = torch.linalg.vector_norm(residual, dim=1)
         if features is None:
-            return norm
-        if features.dim() != 2 or features.shape[0] != logits.shape[0]:
-            raise ValueError(
-                f"features must be [B, H] with B = {logits.shape[0]}, "
-                f"got shape {tuple(features.shape)}"
-            )
-        h2 = features.float().square().sum(1)
-        return norm * torch.sqrt(h2 + 1.0)
+            return el2n(logits, targets)
+        return last_layer_grad_norm(logits, targets, features)
 
 
 def _probabilities(scores: torch.Tensor) -> torch.Tensor:

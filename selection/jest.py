@@ -4,9 +4,9 @@ Everything here is a pure function of tensors and a ``torch.Generator``: it runs
 scores live on and never moves data to the host, so an in-step selector built on it adds no host
 synchronisation. Scores are "higher = more wanted" throughout.
 
-* :func:`gumbel_top_k` draws ``k`` positions without replacement with probability proportional
-  to ``exp(logits)`` (successive / Plackett-Luce sampling), reused by JEST, RHO-LOSS's stochastic
-  variant and the top-loss selector.
+* :func:`gumbel_top_k_tensor` draws ``k`` positions without replacement with probability
+  proportional to ``exp(logits)`` (successive / Plackett-Luce sampling), reused by JEST,
+  RHO-LOSS's stochastic variant and the top-loss selector.
 * :func:`sample_per_example` is JEST with per-example losses: ``S`` is diagonal, so the chunked
   sampler reduces exactly to one Gumbel-top-b over ``s_i / temperature``.
 * :func:`joint_sample` is the chunked sampler over a ``[B, B]`` joint score matrix ``S``:
@@ -30,10 +30,10 @@ __all__ = [
     "batch_size_for",
     "chunk_sizes",
     "gumbel_noise",
-    "gumbel_top_k",
+    "gumbel_top_k_tensor",
     "joint_learnability",
     "joint_sample",
-    "learnability",
+    "jest_scores",
     "sample_per_example",
 ]
 
@@ -71,7 +71,7 @@ def chunk_sizes(batch_size: int, n_chunks: int) -> list[int]:
     return [base + 1] * extra + [base] * (n - extra)
 
 
-def learnability(
+def jest_scores(
     learner: torch.Tensor, reference: torch.Tensor | None, mode: str = "learnability"
 ) -> torch.Tensor:
     """JEST's score from learner and reference losses (same shape; higher = more wanted).
@@ -113,7 +113,7 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def gumbel_top_k(
+def gumbel_top_k_tensor(
     logits: torch.Tensor, k: int, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``k`` distinct positions of a 1-D ``logits`` tensor, drawn ∝ ``exp(logits)`` successively.
@@ -155,8 +155,8 @@ def sample_per_example(
     if temperature == 0.0:
         return torch.topk(scores, batch_size, sorted=True).indices
     if math.isinf(temperature):
-        return gumbel_top_k(torch.zeros_like(scores), batch_size, generator=generator)
-    return gumbel_top_k(scores / temperature, batch_size, generator=generator)
+        return gumbel_top_k_tensor(torch.zeros_like(scores), batch_size, generator=generator)
+    return gumbel_top_k_tensor(scores / temperature, batch_size, generator=generator)
 
 
 def joint_sample(
@@ -210,7 +210,7 @@ def joint_sample(
         if temperature == 0.0 and not (c == 0 and first_chunk == "uniform"):
             new = torch.topk(masked, size, sorted=True).indices
         else:
-            new = gumbel_top_k(masked, size, generator=generator)
+            new = gumbel_top_k_tensor(masked, size, generator=generator)
         picked.append(new)
         taken[new] = True
         n_selected += size

@@ -6,7 +6,7 @@ import torch
 
 from pipelines.toydata import MLP
 from samplers.jest import JESTSelector, score_super_batch
-from selection.jest import joint_learnability, learnability
+from selection.jest import jest_scores, joint_learnability
 from selection.losses import per_example_cross_entropy, sigmoid_pair_losses
 from store import ScoreStore
 
@@ -126,7 +126,7 @@ def test_contrastive_reference_rebuilt_from_store_embeddings(tmp_path):
     sel.load_state_dict(state)
     rows_explicit, _ = sel.select_pairwise(ids, learner, rebuilt)
     assert rows_store.tolist() == rows_explicit.tolist() and len(rows_store) == 12
-    S = learnability(learner, rebuilt)
+    S = jest_scores(learner, rebuilt)
     rand = torch.stack([joint_learnability(S, torch.randperm(60)[:12]) for _ in range(100)])
     assert joint_learnability(S, rows_store) > rand.mean()
     with pytest.raises(

@@ -10,10 +10,10 @@ import torch
 from selection.jest import (
     batch_size_for,
     chunk_sizes,
-    gumbel_top_k,
+    gumbel_top_k_tensor,
+    jest_scores,
     joint_learnability,
     joint_sample,
-    learnability,
     sample_per_example,
 )
 from selection.losses import sigmoid_pair_losses
@@ -168,7 +168,7 @@ def test_pairwise_selection_beats_random_on_joint_learnability():
     x_r, y_r = _two_tower(64, 8, 1)
     learner = sigmoid_pair_losses(x_l, y_l, temperature=10.0, bias=-5.0)
     reference = sigmoid_pair_losses(x_r, y_r, temperature=10.0, bias=-5.0)
-    S = learnability(learner, reference)
+    S = jest_scores(learner, reference)
     b = batch_size_for(64, 0.75)
     gen = torch.Generator().manual_seed(9)
     jest = torch.stack(
@@ -214,17 +214,17 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="temperature"):
         sample_per_example(torch.zeros(4), 2, temperature=-1.0)
     with pytest.raises(ValueError, match="k must be"):
-        gumbel_top_k(torch.zeros(3), 4)
+        gumbel_top_k_tensor(torch.zeros(3), 4)
     with pytest.raises(TypeError, match="floating"):
-        gumbel_top_k(torch.zeros(3, dtype=torch.int64), 1)
+        gumbel_top_k_tensor(torch.zeros(3, dtype=torch.int64), 1)
     with pytest.raises(ValueError, match="mode"):
-        learnability(torch.zeros(3), torch.zeros(3), "best")
+        jest_scores(torch.zeros(3), torch.zeros(3), "best")
     with pytest.raises(ValueError, match="shape"):
-        learnability(torch.zeros(3), torch.zeros(4))
+        jest_scores(torch.zeros(3), torch.zeros(4))
 
 
 def test_masked_rows_are_never_drawn():
     logits = torch.tensor([0.0, -math.inf, 1.0, -math.inf, 2.0])
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
-        assert set(gumbel_top_k(logits, 3, generator=gen).tolist()) == {0, 2, 4}
+        assert set(gumbel_top_k_tensor(logits, 3, generator=gen).tolist()) == {0, 2, 4}
