@@ -12,6 +12,14 @@ from selection.choose import (
     top_k,
     uniform,
 )
+from selection.embed import (
+    KMeansResult,
+    SemDeDupResult,
+    assign_to_centroids,
+    class_prototype_distance,
+    semdedup,
+    spherical_kmeans,
+)
 from selection.gradnorm import per_example_grad_norms
 from selection.losses import (
     as_per_example,
@@ -37,6 +45,12 @@ from selection.scores import (
 )
 
 __all__ = [
+    "KMeansResult",
+    "SemDeDupResult",
+    "assign_to_centroids",
+    "class_prototype_distance",
+    "semdedup",
+    "spherical_kmeans",
     "NoiseScaleEstimate",
     "NoiseScaleTracker",
     "grad_sq_norm",
