@@ -285,11 +285,12 @@ def score_super_batch(
     """The learner's no-grad scoring forward on a super-batch.
 
     Runs ``model(inputs)`` under ``torch.no_grad`` (in chunks of ``micro_batch_size`` rows
-    along dim 0 to bound activation memory; outputs, a tensor or a tuple of tensors, are
-    concatenated), then returns ``loss_fn(outputs, targets)`` (or ``loss_fn(outputs)`` without
-    targets) detached: per-example ``[B]`` for :meth:`JESTSelector.select`, or a ``[B, B]``
-    pair-loss matrix for :meth:`JESTSelector.select_pairwise` (e.g. ``lambda out, _:
-    sigmoid_pair_losses(*out, temperature=t, bias=b)``).
+    along dim 0 to bound activation memory; inputs and outputs may be a tensor or a tuple of
+    tensors, and the outputs are concatenated), then returns ``loss_fn(outputs, targets)``
+    (or ``loss_fn(outputs)`` without targets) detached: per-example ``[B]`` for
+    :meth:`JESTSelector.select`, or a ``[B, B]`` pair-loss matrix for
+    :meth:`JESTSelector.select_pairwise` (e.g. ``lambda out: sigmoid_pair_losses(*out,
+    temperature=t, bias=b)``).
 
     ``train_mode``: ``True``/``False`` sets ``model.train()``/``model.eval()`` for the forward
     and restores the previous mode after; ``None`` leaves it as is. RHO-LOSS scores in train
@@ -305,7 +306,7 @@ def score_super_batch(
             if micro_batch_size is None:
                 outputs = model(inputs)
             else:
-                parts = [model(chunk) for chunk in torch.split(inputs, micro_batch_size)]
+                parts = [model(chunk) for chunk in _split(inputs, micro_batch_size)]
                 outputs = _concat(parts)
             losses = loss_fn(outputs) if targets is None else loss_fn(outputs, targets)
     finally:
@@ -316,6 +317,18 @@ def score_super_batch(
             f"loss_fn must return per-example [B] or pairwise [B, B] losses, got {shape}"
         )
     return losses.detach()
+
+
+def _split(inputs: Any, size: int) -> list[Any]:
+    """Row chunks of a tensor, or of every tensor of a tuple/list (e.g. image and text)."""
+    if isinstance(inputs, torch.Tensor):
+        return list(torch.split(inputs, size))
+    if isinstance(inputs, tuple | list):
+        columns = [torch.split(t, size) for t in inputs]
+        return [type(inputs)(chunk) for chunk in zip(*columns, strict=True)]
+    raise TypeError(
+        f"micro-batched inputs must be a tensor or a tuple of tensors, got {type(inputs)}"
+    )
 
 
 def _concat(parts: list[Any]) -> Any:

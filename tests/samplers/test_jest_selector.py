@@ -182,5 +182,12 @@ def test_score_super_batch_restores_mode_and_micro_batches():
         loss_fn=lambda out: sigmoid_pair_losses(*out, temperature=1.0, bias=0.0, normalize=True),
     )
     assert pair.shape == (100, 100)
+    chunked_pair = score_super_batch(
+        towers,
+        (x, x.flip(1)),
+        loss_fn=lambda out: sigmoid_pair_losses(*out, temperature=1.0, bias=0.0, normalize=True),
+        micro_batch_size=30,
+    )
+    torch.testing.assert_close(pair, chunked_pair)
     with pytest.raises(ValueError, match="per-example"):
         score_super_batch(model, x, y, loss_fn=lambda out, t: out.sum())
