@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from store import manifest as mf
 from store import vectors as vec
+from store.dense import read_dense
 from store.errors import UnknownMetricError, UnknownRunError
 from store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
 from store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
@@ -176,37 +176,11 @@ class ScoreStore:
             ValueError: a stored id >= num_examples, or the same id stored by two shards.
         """
         files = self._shard_files("scores", run, "metric", metric, "metric")
-        tables = [read_checked(self._sfs, path, SCORES_SCHEMA) for path in files]
         if num_examples is None:
             num_examples = self._manifest_or_empty(run).get("num_examples")
-        maxima = [pc.max(t["example_id"]).as_py() for t in tables if t.num_rows]
-        max_id = max(maxima, default=-1)
-        if num_examples is None:
-            num_examples = max_id + 1
-        num_examples = check_nonnegative_int(num_examples, "num_examples")
-        if max_id >= num_examples:
-            raise ValueError(
-                f"run {run!r} metric {metric!r} stores example_id {max_id}, "
-                f"outside num_examples={num_examples}"
-            )
-        values = np.full(num_examples, np.nan, dtype=np.float32)
-        present = np.zeros(num_examples, dtype=np.bool_)
-        rows = 0
-        for table in tables:
-            for ids_chunk, values_chunk in zip(
-                table["example_id"].chunks, table["value"].chunks, strict=True
-            ):
-                ids = ids_chunk.to_numpy()
-                values[ids] = values_chunk.to_numpy(zero_copy_only=False)
-                present[ids] = True
-                rows += len(ids)
-        if rows != int(np.count_nonzero(present)):
-            raise ValueError(
-                f"run {run!r} metric {metric!r}: {rows - int(np.count_nonzero(present))} "
-                f"example_id(s) are stored by more than one of shards "
-                f"{[os.path.basename(p) for p in files]}"
-            )
-        return values, present
+        if num_examples is not None:
+            num_examples = check_nonnegative_int(num_examples, "num_examples")
+        return read_dense(self._sfs, files, num_examples, f"run {run!r} metric {metric!r}")
 
     def read_table(self, run: str, metric: str | None = None) -> pa.Table:
         """Stored scores as Arrow ``(metric string, example_id int64, value float32)``.

@@ -57,6 +57,14 @@ def test_foreign_parquet_file_is_rejected_by_schema(two_runs):
     assert two_runs.read("good", "loss")[1].all()
 
 
+def test_schema_valid_file_with_negative_ids_is_refused(two_runs):
+    path = _shard_path(two_runs, "bad", "loss", 1)
+    table = pa.table({"example_id": [-4, 2], "value": pa.array([0.1, 0.2], pa.float32())})
+    pq.write_table(table, path)
+    with pytest.raises(ValueError, match=r"shard-00001.parquet stores example_ids in \[-4, 2\]"):
+        two_runs.read("bad", "loss")
+
+
 def test_not_parquet_at_all(two_runs):
     with open(_shard_path(two_runs, "bad", "loss", 1), "wb") as f:
         f.write(b"hello, I am a CSV file\n1,2,3\n")

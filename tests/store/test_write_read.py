@@ -46,7 +46,7 @@ def test_num_examples_from_argument_then_manifest(store):
     store.write("r", "loss", [2], [0.5])
     assert store.read("r", "loss")[0].shape == (10,)
     assert store.read("r", "loss", num_examples=4)[0].shape == (4,)
-    with pytest.raises(ValueError, match="example_id 2, outside num_examples=2"):
+    with pytest.raises(ValueError, match=r"example_ids in \[2, 2\], outside \[0, num_examples=2\)"):
         store.read("r", "loss", num_examples=2)
 
 

@@ -1,0 +1,101 @@
+"""Read score shards into a dense array indexed by ``example_id``.
+
+Decoding a Parquet row group and scattering it into the dense array both release the GIL, so
+row groups are processed by a small thread pool, each thread decoding one row group and
+scattering it directly. Shards hold disjoint ids, so the scatters never touch the same element;
+if a broken store has the same id in two shards, the row count exposes it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from store.errors import CorruptFileError
+from store.files import SCORES_SCHEMA, check_schema
+from store.layout import StoreFS
+
+__all__ = ["read_dense"]
+
+_COLUMNS = SCORES_SCHEMA.names
+
+
+def _max_id(path: str, parquet: pq.ParquetFile) -> int:
+    """Largest example_id of a file, from row-group statistics when present (no decoding)."""
+    meta = parquet.metadata
+    column = parquet.schema_arrow.get_field_index("example_id")
+    highest = -1
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            ids = parquet.read(columns=["example_id"])["example_id"]
+            return -1 if len(ids) == 0 else int(pc.max(ids).as_py())
+        highest = max(highest, int(stats.max))
+    return highest
+
+
+def read_dense(
+    sfs: StoreFS, files: list[str], num_examples: int | None, label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter every row of ``files`` into ``(values float32 [N], present bool [N])``.
+
+    Args:
+        num_examples: N; None means max stored id + 1.
+        label: names the run and metric in error messages.
+
+    Raises:
+        CorruptFileError: a file is unreadable or has the wrong schema.
+        ValueError: an id outside ``[0, N)``, or an id stored by two shards.
+    """
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for path in files:
+            try:
+                source = stack.enter_context(sfs.fs.open_input_file(path))
+                parquet = pq.ParquetFile(source)
+            except (OSError, pa.ArrowException) as exc:
+                raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
+            check_schema(path, parquet.schema_arrow, SCORES_SCHEMA)
+            opened.append((path, parquet))
+        if num_examples is None:
+            num_examples = 1 + max((_max_id(p, f) for p, f in opened), default=-1)
+        values = np.full(num_examples, np.nan, dtype=np.float32)
+
+        def scatter(path: str, parquet: pq.ParquetFile, row_group: int) -> tuple[int, np.ndarray]:
+            try:
+                table = parquet.read_row_group(row_group, columns=_COLUMNS, use_threads=False)
+            except (OSError, pa.ArrowException) as exc:
+                raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
+            ids = table["example_id"].to_numpy()
+            chunk = table["value"].to_numpy()
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_examples):
+                raise ValueError(
+                    f"{label}: {path} stores example_ids in [{int(ids.min())}, {int(ids.max())}], "
+                    f"outside [0, num_examples={num_examples})"
+                )
+            values[ids] = chunk
+            nan = np.isnan(chunk)
+            return ids.size, ids[nan] if nan.any() else ids[:0]
+
+        units = [(p, f, rg) for p, f in opened for rg in range(f.metadata.num_row_groups)]
+        workers = max(1, min(len(units), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda unit: scatter(*unit), units))
+    rows = sum(n for n, _ in results)
+    # A sequential pass instead of a second random scatter; stored NaNs are added back by id.
+    present = ~np.isnan(values)
+    for _, nan_ids in results:
+        present[nan_ids] = True
+    stored = int(np.count_nonzero(present))
+    if rows != stored:
+        raise ValueError(
+            f"{label}: {rows - stored} example_id(s) are stored by more than one of shards "
+            f"{[os.path.basename(p) for p in files]}"
+        )
+    return values, present
