@@ -83,11 +83,17 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 @dataclass(frozen=True)
 class KMeansResult:
     """``centroids`` float32 ``[k, D]`` (unit norm), ``assignment`` int64 ``[N]``,
-    ``distance`` float32 ``[N]`` = ``1 - cos(x_i, centroid)`` (prototypicality; higher = harder)."""
+    ``distance`` float32 ``[N]`` = ``1 - cos(x_i, centroid)`` (prototypicality; higher = harder).
+
+    Unpacks as ``assignment, distance = spherical_kmeans(...)``.
+    """
 
     centroids: np.ndarray
     assignment: np.ndarray
     distance: np.ndarray
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.assignment, self.distance))
 
 
 def assign_to_centroids(
@@ -178,13 +184,22 @@ def class_prototype_distance(embeddings, labels) -> np.ndarray:
 class SemDeDupResult:
     """``max_similarity`` float32 ``[N]``: largest cosine to an earlier member of the same
     (sub)cluster (``-inf`` for the first member); ``duplicates``: ``{eps: bool [N]}``, True =
-    remove. ``keep_fraction(eps)`` is the share kept."""
+    remove (also as ``result[eps]``). ``keep_fraction(eps)`` is the share kept."""
 
     max_similarity: np.ndarray
     duplicates: dict[float, np.ndarray]
 
+    def __getitem__(self, eps: float) -> np.ndarray:
+        return self.duplicates[eps]
+
     def keep_fraction(self, eps: float) -> float:
         return 1.0 - float(self.duplicates[eps].mean())
+
+
+def _centroid_distance(x: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+    """``1 - cos`` to the normalised mean of each row's cluster (when no distance is given)."""
+    _, inverse = np.unique(assignment, return_inverse=True)
+    return class_prototype_distance(x, inverse)
 
 
 def _max_sim_to_earlier(e: torch.Tensor, block: int) -> torch.Tensor:
@@ -219,7 +234,8 @@ def semdedup(
         assignment: int ``[N]`` cluster of each row (e.g. ``spherical_kmeans(...).assignment``).
         eps: one or several thresholds in ``(0, 1)``; ``j`` is a duplicate iff its max cosine
             to an earlier member is ``> 1 - eps``.
-        distance: ``[N]`` cosine distance to the own centroid; required unless ``keep="random"``.
+        distance: ``[N]`` cosine distance to the own centroid (``spherical_kmeans(...).distance``);
+            if omitted, centroids are recomputed as the normalised mean of each cluster.
         keep: ``"hard"`` (farthest from the centroid first, so it survives; upstream default),
             ``"easy"`` (closest first) or ``"random"`` (needs ``rng``).
         max_cluster_size: larger clusters are split, in the member order, into consecutive
@@ -249,7 +265,7 @@ def semdedup(
         key = check_rng(rng).random(n)
     else:
         if distance is None:
-            raise ValueError(f"keep={keep!r} needs distance= (1 - cos to the centroid)")
+            distance = _centroid_distance(x, assignment)
         key = np.asarray(distance, dtype=np.float64)
         if key.shape != (n,) or np.isnan(key).any():
             raise ValueError(f"distance must be [N={n}] without NaN, got shape {key.shape}")

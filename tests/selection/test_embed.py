@@ -109,6 +109,18 @@ def test_semdedup_is_not_transitivity_aware():
     # b goes (close to a); c goes too, because it is close to b, even though b was removed
     np.testing.assert_array_equal(res.duplicates[eps], [False, True, True])
     assert res.keep_fraction(eps) == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(res[eps], res.duplicates[eps])
+
+
+def test_semdedup_without_distance_uses_cluster_means():
+    rng = np.random.default_rng(6)
+    x, _ = _mixture(rng, n_per=40, k=3)
+    assignment, distance = spherical_kmeans(x, 3, seed=0)
+    means = class_prototype_distance(x, assignment)
+    a = semdedup(x, assignment, 0.2)
+    b = semdedup(x, assignment, 0.2, distance=means)
+    np.testing.assert_array_equal(a.max_similarity, b.max_similarity)
+    assert distance.shape == (len(x),)
 
 
 def test_semdedup_cluster_size_cap_splits_in_member_order():
@@ -133,7 +145,7 @@ def test_semdedup_cluster_size_cap_splits_in_member_order():
         ({"eps": 0.0}, ValueError, r"\(0, 1\), got 0.0"),
         ({"eps": [0.1, 1.5]}, ValueError, "1.5"),
         ({"keep": "first"}, ValueError, "first"),
-        ({"distance": None}, ValueError, "needs distance"),
+        ({"distance": np.zeros(3)}, ValueError, "distance must be"),
         ({"assignment": np.zeros(3, dtype=np.int64)}, ValueError, "N=4"),
         ({"keep": "random", "rng": None}, TypeError, "Generator"),
         ({"embeddings": np.zeros((4, 2), dtype=np.int32)}, TypeError, "int32"),
