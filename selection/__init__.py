@@ -21,6 +21,19 @@ from selection.embed import (
     spherical_kmeans,
 )
 from selection.gradnorm import per_example_grad_norms
+from selection.importance import (
+    last_layer_bound,
+    sample_with_replacement,
+    tau_threshold,
+    variance_reduction,
+)
+from selection.jest import (
+    gumbel_top_k_tensor,
+    jest_scores,
+    joint_learnability,
+    joint_sample,
+    sample_per_example,
+)
 from selection.losses import (
     as_per_example,
     per_example_cross_entropy,
@@ -45,6 +58,15 @@ from selection.scores import (
 )
 
 __all__ = [
+    "gumbel_top_k_tensor",
+    "jest_scores",
+    "joint_learnability",
+    "joint_sample",
+    "last_layer_bound",
+    "sample_per_example",
+    "sample_with_replacement",
+    "tau_threshold",
+    "variance_reduction",
     "KMeansResult",
     "SemDeDupResult",
     "assign_to_centroids",
