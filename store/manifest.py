@@ -11,7 +11,17 @@ import datetime as dt
 import json
 from typing import Any
 
-__all__ = ["RUN_KINDS", "RUN_STATUSES", "dumps", "loads", "new_manifest", "now_iso"]
+import pyarrow as pa
+
+__all__ = [
+    "RUN_KINDS",
+    "RUN_STATUSES",
+    "dumps",
+    "loads",
+    "manifests_table",
+    "new_manifest",
+    "now_iso",
+]
 
 RUN_KINDS = ("scores", "trace", "embeddings", "training")
 RUN_STATUSES = ("running", "complete", "failed", "cancelled")
@@ -80,3 +90,32 @@ def loads(data: bytes, path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "name" not in manifest:
         raise ValueError(f"run manifest {path} is not a winnow manifest (no 'name' key)")
     return manifest
+
+
+def manifests_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """One row per manifest: the ``runs`` SQL view. Nested fields (model, config, extra) are JSON
+    text; ``row_counts`` is a map metric -> rows and ``rows`` their sum."""
+
+    def as_json(key: str) -> list[str | None]:
+        return [None if r.get(key) is None else json.dumps(r[key], sort_keys=True) for r in rows]
+
+    row_counts = [r.get("row_counts", {}) for r in rows]
+    return pa.table(
+        {
+            "run": pa.array([r["name"] for r in rows], pa.string()),
+            "kind": pa.array([r.get("kind") for r in rows], pa.string()),
+            "status": pa.array([r.get("status") for r in rows], pa.string()),
+            "created": pa.array([r.get("created") for r in rows], pa.string()),
+            "finished": pa.array([r.get("finished") for r in rows], pa.string()),
+            "num_examples": pa.array([r.get("num_examples") for r in rows], pa.int64()),
+            "metrics": pa.array([r.get("metrics", []) for r in rows], pa.list_(pa.string())),
+            "rows": pa.array([sum(c.values()) for c in row_counts], pa.int64()),
+            "row_counts": pa.array(
+                [list(c.items()) for c in row_counts], pa.map_(pa.string(), pa.int64())
+            ),
+            "trace_rows": pa.array([r.get("trace_rows", 0) for r in rows], pa.int64()),
+            "model": pa.array(as_json("model"), pa.string()),
+            "config": pa.array(as_json("config"), pa.string()),
+            "extra": pa.array(as_json("extra"), pa.string()),
+        }
+    )

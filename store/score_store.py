@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -192,9 +191,8 @@ class ScoreStore:
         for name in metrics:
             for path in self._shard_files("scores", run, "metric", name, "metric"):
                 table = read_checked(self._sfs, path, SCORES_SCHEMA)
-                parts.append(
-                    table.add_column(0, "metric", pa.array([name] * table.num_rows, pa.string()))
-                )
+                column = pa.repeat(pa.scalar(name, pa.string()), table.num_rows)
+                parts.append(table.add_column(0, "metric", column))
         schema = pa.schema([pa.field("metric", pa.string()), *SCORES_SCHEMA])
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
@@ -202,16 +200,13 @@ class ScoreStore:
         """A run's trace as Arrow ``(epoch int32, example_id, loss, kept, weight)``."""
         self._require_run(run)
         parts = []
-        for epoch in sorted(
-            int(e) for e in self._sfs.partitions(self._partition("trace", run), "epoch")
-        ):
-            for path in self._sfs.shard_files(
-                self._partition("trace", run, "epoch", str(epoch))
-            ).values():
+        epochs = self._sfs.partitions(self._partition("trace", run), "epoch")
+        for epoch in sorted(epochs, key=int):
+            files = self._sfs.shard_files(self._partition("trace", run, "epoch", epoch))
+            for path in files.values():
                 table = read_checked(self._sfs, path, TRACE_SCHEMA)
-                parts.append(
-                    table.add_column(0, "epoch", pa.array(np.full(table.num_rows, epoch, np.int32)))
-                )
+                column = pa.repeat(pa.scalar(int(epoch), pa.int32()), table.num_rows)
+                parts.append(table.add_column(0, "epoch", column))
         schema = pa.schema([pa.field("epoch", pa.int32()), *TRACE_SCHEMA])
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
@@ -349,30 +344,4 @@ class ScoreStore:
         return [manifests[name] for name in sorted(manifests)]
 
     def _runs_table(self) -> pa.Table:
-        rows = self.runs()
-
-        def as_json(key: str) -> list[str | None]:
-            return [
-                None if r.get(key) is None else json.dumps(r[key], sort_keys=True) for r in rows
-            ]
-
-        row_counts = [r.get("row_counts", {}) for r in rows]
-        return pa.table(
-            {
-                "run": pa.array([r["name"] for r in rows], pa.string()),
-                "kind": pa.array([r.get("kind") for r in rows], pa.string()),
-                "status": pa.array([r.get("status") for r in rows], pa.string()),
-                "created": pa.array([r.get("created") for r in rows], pa.string()),
-                "finished": pa.array([r.get("finished") for r in rows], pa.string()),
-                "num_examples": pa.array([r.get("num_examples") for r in rows], pa.int64()),
-                "metrics": pa.array([r.get("metrics", []) for r in rows], pa.list_(pa.string())),
-                "rows": pa.array([sum(c.values()) for c in row_counts], pa.int64()),
-                "row_counts": pa.array(
-                    [list(c.items()) for c in row_counts], pa.map_(pa.string(), pa.int64())
-                ),
-                "trace_rows": pa.array([r.get("trace_rows", 0) for r in rows], pa.int64()),
-                "model": pa.array(as_json("model"), pa.string()),
-                "config": pa.array(as_json("config"), pa.string()),
-                "extra": pa.array(as_json("extra"), pa.string()),
-            }
-        )
+        return mf.manifests_table(self.runs())
