@@ -12,6 +12,7 @@ from selection.choose import (
     top_k,
     uniform,
 )
+from selection.choose_torch import gumbel_top_k_torch
 from selection.embed import (
     KMeansResult,
     SemDeDupResult,
@@ -58,6 +59,7 @@ from selection.scores import (
 )
 
 __all__ = [
+    "gumbel_top_k_torch",
     "gumbel_top_k_tensor",
     "jest_scores",
     "joint_learnability",
