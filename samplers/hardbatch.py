@@ -116,6 +116,11 @@ class HardBatchSampler(Sampler[list[int]]):
         return self.num_epochs * self.num_batches
 
     @property
+    def rounds_started(self) -> int:
+        """Rounds begun so far; the warm-up pass is round 1."""
+        return self._rounds_started
+
+    @property
     def steps_done(self) -> int:
         """Steps yielded so far (including any still in the loader's prefetch queue)."""
         return self._emitted
@@ -225,7 +230,9 @@ class HardBatchSampler(Sampler[list[int]]):
     def _flush(self) -> None:
         if not self._unflushed:
             return
-        values = torch.stack([v.cpu() for _, _, v in self._unflushed]).double().numpy()
+        device = self._unflushed[0][2].device
+        # One device-to-host copy per round, not one per step.
+        values = torch.stack([v.to(device) for _, _, v in self._unflushed]).cpu().double().numpy()
         for (batch, step, _), value in zip(self._unflushed, values, strict=True):
             if step >= self._loss_step[batch]:
                 self._losses[batch] = value

@@ -97,7 +97,8 @@ class JESTSelector:
     ):
         if mode not in LEARNABILITY_MODES:
             raise ValueError(f"mode must be one of {LEARNABILITY_MODES}, got {mode!r}")
-        batch_size_for(1 << 30, filter_ratio)  # validates f in (0, 1)
+        if not 0.0 < filter_ratio < 1.0:
+            raise ValueError(f"filter_ratio must be in (0, 1), got {filter_ratio!r}")
         if not isinstance(n_chunks, int) or n_chunks < 1:
             raise ValueError(f"n_chunks must be a positive int, got {n_chunks!r}")
         if not temperature >= 0.0:

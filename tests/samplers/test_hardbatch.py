@@ -99,6 +99,7 @@ def test_schedule_matches_dybat_and_stale_losses_rotate():
     assert order == expected
     # Rotation: every batch comes back after warm-up, even though rounds retrain only 3 of 12.
     assert set(order[12:]) == set(range(12))
+    assert s.rounds_started == 1 + (epochs * 12 - 12) // 3  # warm-up + rounds of 3 batches
     scores, step = s.batch_losses()
     assert np.all(step >= 0) and np.isfinite(scores).all()
     last_seen = {j: max(t for t, o in enumerate(order) if o == j) for j in range(12)}
