@@ -125,6 +125,7 @@ class MethodRun:
     cost: Cost = field(default_factory=Cost)
     setup: Cost = field(default_factory=Cost)
     history: list[dict] = field(default_factory=list)
+    trace: object | None = None  # a writer epoch samplers log their plans to (optional)
 
     def __post_init__(self) -> None:
         self.learner = Learner(self.task, self.recipe, self.seed)

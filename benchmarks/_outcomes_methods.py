@@ -78,33 +78,96 @@ class SharedSetups:
         self._cache[key] = (value, cost)
         return value
 
+    def cached(self, key: tuple):
+        """The value computed under ``key`` (None if no method needed it)."""
+        return self._cache[key][0] if key in self._cache else None
 
-def _epoch_batches(ids: np.ndarray, b: int, rng: np.random.Generator):
-    return [c for c in np.array_split(rng.permutation(ids), math.ceil(len(ids) / b))]
+
+def _batches(ids: np.ndarray, b: int, *, drop_last: bool = False) -> list[np.ndarray]:
+    stop = len(ids) - len(ids) % b if drop_last else len(ids)
+    return [ids[i : min(i + b, stop)] for i in range(0, stop, b)]
 
 
-def _train_subset(run: MethodRun, subset: np.ndarray, seed: int) -> None:
-    """The recipe's epochs over a fixed subset (full data when ``subset`` is every id)."""
-    rng = np.random.default_rng(seed)
+def _plan(sampler) -> np.ndarray:
+    """The sampler's current epoch as int64 ids, through its public iterator."""
+    return np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
+
+
+def _train_static(run: MethodRun, sampler) -> None:
+    """The recipe's epochs over a static subset; cosine over the subset's step total."""
     b, epochs = run.recipe.batch_size, run.recipe.epochs
-    total = epochs * math.ceil(len(subset) / b)
+    total = sampler.total_steps(b, epochs)
     done = 0
-    for _ in range(epochs):
-        for batch in _epoch_batches(subset, b, rng):
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in _batches(_plan(sampler), b):
             run.step(batch, done / total)
             done += 1
 
 
 def full_data(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    rng = np.random.default_rng(run.seed + 1)
+    n, b, epochs = run.task.num_examples, run.recipe.batch_size, run.recipe.epochs
+    total = epochs * math.ceil(n / b)
     run.begin_training()
-    _train_subset(run, np.arange(run.task.num_examples), run.seed + 1)
+    done = 0
+    for _ in range(epochs):
+        for batch in _batches(rng.permutation(n), b):
+            run.step(batch, done / total)
+            done += 1
 
 
 def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    n = run.task.num_examples
-    subset = np.random.default_rng(run.seed + 2).choice(n, round(cfg.ratio * n), replace=False)
+    from samplers.pruned import PrunedSampler
+
+    # alpha = 1: the whole budget drawn uniformly, i.e. a static random subset
+    sampler = PrunedSampler(
+        np.zeros(run.task.num_examples, dtype=np.float32), cfg.ratio, alpha=1.0, seed=run.seed
+    )
     run.begin_training()
-    _train_subset(run, np.sort(subset), run.seed + 1)
+    _train_static(run, sampler)
+
+
+def infobatch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    """InfoBatch: LR on epoch progress (``schedule_progress``), loss via ``reweight``."""
+    from samplers.infobatch import InfoBatchSampler
+
+    sampler = InfoBatchSampler(
+        run.task.num_examples,
+        run.recipe.epochs,
+        prune_ratio=cfg.infobatch_prune,
+        delta=cfg.infobatch_delta,
+        seed=run.seed,
+        trace=run.trace,
+    )
+    b = run.recipe.batch_size
+    run.begin_training()
+    for epoch in range(run.recipe.epochs):
+        sampler.set_epoch(epoch)
+        for i, batch in enumerate(_batches(_plan(sampler), b)):
+            idx = torch.from_numpy(batch)
+            run.step(
+                batch,
+                sampler.schedule_progress(i, b),
+                reduce=lambda losses, idx=idx: sampler.reweight(idx, losses),
+            )
+
+
+def rs2(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
+    """RS2 without replacement: ``epochs`` rounds of ``ratio * N``; the cosine is compressed into
+    the reduced step total (``progress = step / total_steps``), not truncated."""
+    from samplers.rs2 import RS2Sampler
+
+    sampler = RS2Sampler(run.task.num_examples, cfg.ratio, replacement=False, seed=run.seed)
+    b, rounds = run.recipe.batch_size, run.recipe.epochs
+    total = sampler.total_steps(b, rounds)
+    run.begin_training()
+    done = 0
+    for r in range(rounds):
+        sampler.set_epoch(r)
+        for batch in _batches(_plan(sampler), b, drop_last=True):
+            run.step(batch, done / total)
+            done += 1
 
 
 def _el2n_scores(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
@@ -124,13 +187,12 @@ def _el2n_scores(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
 
 
 def _el2n_pruned(run: MethodRun, cfg: MethodConfig, shared: SharedSetups, alpha: float) -> None:
-    from selection.choose import random_mix
+    from samplers.pruned import PrunedSampler
 
     scores = shared.get(("el2n",), run, lambda r: _el2n_scores(r, cfg))
-    k = round(cfg.ratio * run.task.num_examples)
-    subset = random_mix(scores, k, alpha=alpha, rng=np.random.default_rng(run.seed + 3))
+    sampler = PrunedSampler(scores, cfg.ratio, largest=True, alpha=alpha, seed=run.seed)
     run.begin_training()
-    _train_subset(run, np.sort(np.asarray(subset)), run.seed + 1)
+    _train_static(run, sampler)
 
 
 def el2n(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
@@ -237,6 +299,8 @@ def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 METHODS: dict[str, tuple[Callable[[MethodRun, MethodConfig, SharedSetups], None], str]] = {
     "full": (full_data, "full data, every epoch (baseline)"),
+    "infobatch": (infobatch, "InfoBatch r = 0.5, delta = 0.875, rescaled losses"),
+    "rs2": (rs2, "RS2 without replacement at `ratio`, cosine compressed to its steps"),
     "static_random": (static_random, "static random subset at `ratio`, same epochs"),
     "el2n": (el2n, "static EL2N pruning, keep the hardest `ratio`"),
     "el2n_mix": (el2n_mix, "static EL2N with random-mix calibration (alpha)"),

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.path.join(os.path.expanduser("~"), ".cache", "winnow"),
         help="where generated MNIST-1D arrays are cached",
     )
+    p.add_argument(
+        "--store",
+        help="also keep the first seed's scores and InfoBatch trace in this score store "
+        "(for `winnow report`)",
+    )
     p.add_argument("--tag", help="output name suffix (default: 'quick' with --quick, else none)")
     return p
 
@@ -137,6 +142,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         },
         "models": {},
     }
+    keep = None
+    if args.store:
+        from benchmarks._outcomes_store import BenchStore
+
+        keep = BenchStore(args.store, doc["config"])
     started = time.perf_counter()
     for model in args.models:
         task = make_task(
@@ -152,14 +162,27 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             shared = SharedSetups()
             for name in args.methods:
                 run = MethodRun(task, recipe, seed, eval_every)
+                traced = (
+                    keep.attach_trace(run, model)
+                    if keep and seed == 0 and name == "infobatch"
+                    else None
+                )
                 METHODS[name][0](run, cfg, shared)
                 res = run.finish()
                 results[name].append(res)
+                if traced:
+                    keep.finish_trace(traced)
+                if keep and seed == 0 and name == "full":
+                    full_run = run
                 print(
                     f"[{time.perf_counter() - started:7.1f}s] {model} {name:14s} seed {seed}: "
                     f"acc {100 * res['final_acc']:.2f} %, {res['cost']['wall_s']:.1f} s, "
                     f"{res['cost']['backward']} backward rows",
                     flush=True,
+                )
+            if keep and seed == 0:
+                keep.write_scores(
+                    model, full_run, shared.cached(("el2n",)), shared.cached(("twin_il",))
                 )
         doc["models"][model] = {
             "summary": summarise(results, args.target_frac),
@@ -189,7 +212,7 @@ def write_outputs(doc: dict, out: Path, tag: str) -> dict[str, Path]:
         plot_curves(entry["runs"], summary["target"], f"MNIST-1D, {model}", png)
         paths[f"png_{model}"] = png
     _write_atomic(paths["md"], "\n".join(sections))
-    _write_atomic(paths["json"], json.dumps(doc, indent=1, allow_nan=False))
+    _write_atomic(paths["json"], json.dumps(doc, separators=(",", ":"), allow_nan=False))
     return paths
 
 

@@ -92,7 +92,10 @@ def trace_epochs(epochs: np.ndarray, pruned: np.ndarray, mean_loss: np.ndarray) 
     """Fraction pruned per epoch (bars) and mean loss of the kept rows (line), ``[E]`` each."""
     fig = _figure(5.5, 3.0)
     ax = fig.subplots()
+    from matplotlib.ticker import MaxNLocator
+
     ax.bar(epochs, pruned, color=_BLUE, label="fraction pruned")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("fraction pruned", color=_BLUE)
@@ -108,7 +111,10 @@ def keep_counts(times_kept: np.ndarray, num_examples: np.ndarray, num_epochs: in
     """How many examples were kept k times (``times_kept``, ``num_examples``: int [K])."""
     fig = _figure(5.5, 2.8)
     ax = fig.subplots()
+    from matplotlib.ticker import MaxNLocator
+
     ax.bar(times_kept, num_examples, width=0.8, color=_BLUE)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"epochs kept (of {num_epochs})")
     ax.set_ylabel("examples")
     ax.set_title("how often each example was kept", fontsize=10)

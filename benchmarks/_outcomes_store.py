@@ -1,0 +1,70 @@
+"""Optional: keep the benchmark's scores and InfoBatch's trace in a score store.
+
+With ``--store ROOT`` the first seed of each model leaves, per model:
+
+- run ``<model>-scores``: ``loss`` (full-data model after training), ``el2n`` (mean EL2N of the
+  scoring runs), ``ref_loss`` (twin irreducible-loss models) and ``learnability`` =
+  ``loss - ref_loss``, whichever the selected methods computed;
+- run ``<model>-infobatch``: InfoBatch's per-epoch plan (kept, weight, loss), written by the
+  sampler itself through its ``trace`` hook.
+
+``winnow report --store ROOT`` then shows real benchmark data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from benchmarks._outcomes_engine import MethodRun
+
+__all__ = ["BenchStore"]
+
+
+class BenchStore:
+    """Writes one model's first-seed scores and trace into ``store.ScoreStore(root)``."""
+
+    def __init__(self, root: str, config: dict):
+        from store import ScoreStore
+
+        self.store = ScoreStore(root)
+        self.config = config
+
+    def attach_trace(self, run: MethodRun, model: str) -> str:
+        name = f"{model}-infobatch"
+        self.store.begin_run(
+            name, kind="training", num_examples=run.task.num_examples, config=self.config
+        )
+        run.trace = self.store.trace_writer(name)
+        return name
+
+    def finish_trace(self, name: str) -> None:
+        self.store.finish_run(name)
+
+    @torch.no_grad()
+    def write_scores(self, model: str, full_run: MethodRun, el2n, ref_loss) -> str:
+        """Scores of every training example (float32 [N] each) under run ``<model>-scores``."""
+        name = f"{model}-scores"
+        task = full_run.task
+        net = full_run.learner.model.eval()
+        loss = torch.cat(
+            [
+                F.cross_entropy(net(task.x[i : i + 8192]), task.y[i : i + 8192], reduction="none")
+                for i in range(0, task.num_examples, 8192)
+            ]
+        ).numpy()
+        metrics = {"loss": loss}
+        if el2n is not None:
+            metrics["el2n"] = el2n
+        if ref_loss is not None:
+            metrics["ref_loss"] = ref_loss
+            metrics["learnability"] = loss - ref_loss
+        ids = np.arange(task.num_examples)
+        self.store.begin_run(
+            name, kind="scores", num_examples=len(ids), config=self.config, metrics=list(metrics)
+        )
+        for metric, values in metrics.items():
+            self.store.write(name, metric, ids, values.astype(np.float32))
+        self.store.finish_run(name)
+        return name
