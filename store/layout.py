@@ -17,6 +17,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -146,6 +147,18 @@ class StoreFS:
             and not info.base_name.startswith(_TMP_PREFIX)
             for info in self.fs.get_file_info(selector)
         )
+
+    def temporary_files(self, older_than_s: float) -> list[pafs.FileInfo]:
+        """Temporary files (left by killed writers) not modified for ``older_than_s`` seconds."""
+        selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=True)
+        cutoff = time.time() - older_than_s
+        return [
+            info
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.startswith(_TMP_PREFIX)
+            and (info.mtime is None or info.mtime.timestamp() < cutoff)
+        ]
 
     def write_atomic(self, path: str, write: Callable[[str], None]) -> None:
         """Call ``write(tmp_path)``, then rename the temporary file over ``path``.

@@ -140,6 +140,20 @@ class ScoreStore:
         write_parquet(self._sfs, path, table)
         return table.num_rows
 
+    def remove_temporary_files(self, *, older_than_s: float = 3600.0) -> list[str]:
+        """Delete temporary files that killed writers left behind; return their paths.
+
+        Readers never see these files, so this only reclaims space. Only files untouched for
+        ``older_than_s`` seconds are removed, so writes in progress are not disturbed.
+        """
+        if not older_than_s >= 0:
+            raise ValueError(f"older_than_s must be >= 0 seconds, got {older_than_s!r}")
+        removed = []
+        for info in self._sfs.temporary_files(older_than_s):
+            self._sfs.fs.delete_file(info.path)
+            removed.append(info.path)
+        return removed
+
     def trace_writer(self, run: str, *, shard: int = 0) -> TraceWriter:
         """A writer that samplers call as ``write(epoch, example_id, kept, weight, loss)``."""
         return TraceWriter(self._sfs, run, shard=shard)

@@ -94,3 +94,8 @@ def test_writer_killed_mid_write_leaves_nothing_visible(tmp_path):
     np.testing.assert_array_equal(values, [1.0, 2.0, 3.0, 4.0])
     assert store.sql("SELECT count(*) AS n FROM scores")["n"][0].as_py() == 4
     assert store.finish_run("r")["row_counts"] == {"loss": 4}
+    assert store.remove_temporary_files(older_than_s=3600) == []  # might be a live writer
+    removed = store.remove_temporary_files(older_than_s=0)
+    assert len(removed) == 1 and ".tmp-" in removed[0]
+    assert not [p for p in directory.iterdir() if p.name.startswith(".tmp-")]
+    assert store.read("r", "loss")[1].sum() == 4

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from store import ScoreStore
+from store.validation import check_ids
 
 
 @settings(max_examples=25, deadline=None)
@@ -106,6 +107,21 @@ def test_bad_ids_are_rejected_with_the_offending_value(store, ids, error, match)
     with pytest.raises(error, match=match):
         store.write("r", "loss", ids, np.zeros(np.shape(ids)[-1]))
     assert store.runs() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.lists(st.integers(min_value=0, max_value=2**62), max_size=50)
+    | st.lists(st.integers(min_value=0, max_value=60), max_size=50),
+    sort=st.booleans(),
+)
+def test_check_ids_rejects_exactly_the_lists_with_repeats(ids, sort):
+    ids = sorted(ids) if sort else ids
+    if len(set(ids)) == len(ids):
+        np.testing.assert_array_equal(check_ids(ids), ids)
+    else:
+        with pytest.raises(ValueError, match="duplicated"):
+            check_ids(ids)
 
 
 def test_duplicates_found_for_unsorted_sparse_ids(store):
