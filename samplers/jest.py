@@ -41,11 +41,11 @@ from samplers._instep import (
 from selection.jest import (
     LEARNABILITY_MODES,
     batch_size_for,
+    frozen_pair_losses,
     jest_scores,
     joint_sample,
     sample_per_example,
 )
-from selection.losses import sigmoid_pair_losses
 
 __all__ = ["JESTSelector", "score_super_batch"]
 
@@ -177,7 +177,7 @@ class JESTSelector:
             )
         ids_np = ids_to_numpy(ids)
         img, txt = (table.gather(ids_np, device) for table in self._ref_embed)
-        return sigmoid_pair_losses(
+        return frozen_pair_losses(
             img, txt, temperature=self.reference_temperature, bias=self.reference_bias
         )
 

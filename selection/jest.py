@@ -33,6 +33,7 @@ __all__ = [
     "gumbel_top_k_tensor",
     "joint_learnability",
     "joint_sample",
+    "frozen_pair_losses",
     "jest_scores",
     "sample_per_example",
 ]
@@ -217,6 +218,29 @@ def joint_sample(
         if c + 1 < len(sizes):
             gain = gain + s.index_select(1, new).sum(1) + s.index_select(0, new).sum(0)
     return torch.cat(picked)
+
+
+def frozen_pair_losses(
+    x_emb: torch.Tensor, y_emb: torch.Tensor, *, temperature: float, bias: float
+) -> torch.Tensor:
+    """A frozen reference's SigLIP pair losses ``[B, B]`` from its stored embeddings, no grad.
+
+    The same values as :func:`selection.losses.sigmoid_pair_losses` (``A_ij = log(1 +
+    exp(-z_ij (t x_i.y_j + b)))``), computed in about a quarter of the time at ``B = 4096``:
+    ``softplus(logits)`` everywhere with the diagonal (``z = +1``) patched, so the ``B x B``
+    matrix is touched twice instead of five times. Never differentiated (in-place ops).
+    """
+    if x_emb.dim() != 2 or x_emb.shape != y_emb.shape:
+        raise ValueError(
+            f"embeddings must both be [B, D] with equal shapes, got {tuple(x_emb.shape)} and "
+            f"{tuple(y_emb.shape)}"
+        )
+    with torch.no_grad():
+        logits = torch.mm(x_emb, y_emb.T).mul_(temperature).add_(bias)
+        diag = logits.diagonal().clone()
+        out = torch.nn.functional.softplus(logits)
+        out.diagonal().copy_(torch.nn.functional.softplus(-diag))
+    return out
 
 
 def joint_learnability(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from selection.jest import (
     batch_size_for,
     chunk_sizes,
+    frozen_pair_losses,
     gumbel_top_k_tensor,
     jest_scores,
     joint_learnability,
@@ -228,3 +229,11 @@ def test_masked_rows_are_never_drawn():
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
         assert set(gumbel_top_k_tensor(logits, 3, generator=gen).tolist()) == {0, 2, 4}
+
+
+def test_frozen_pair_losses_equal_the_siglip_loss():
+    x, y = _two_tower(50, 8, 3)
+    expected = sigmoid_pair_losses(x, y, temperature=7.0, bias=-3.0)
+    torch.testing.assert_close(frozen_pair_losses(x, y, temperature=7.0, bias=-3.0), expected)
+    with pytest.raises(ValueError, match="equal shapes"):
+        frozen_pair_losses(x, y[:10], temperature=1.0, bias=0.0)
