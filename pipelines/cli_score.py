@@ -6,15 +6,17 @@ Only argparse happens at import time; Ray and torch are imported inside the comm
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-__all__ = ["register", "default_store"]
+__all__ = ["register"]
+
+_STORE_HELP = "score store root (path or URI); default $WINNOW_STORE, else ./winnow-store"
 
 
-def default_store() -> str:
-    """``$WINNOW_STORE`` if set, else ``./winnow-store``."""
-    return os.environ.get("WINNOW_STORE") or "winnow-store"
+def _store(args: argparse.Namespace) -> str:
+    from pipelines.cli_store import default_store_root
+
+    return args.store or default_store_root()
 
 
 def _positive_int(text: str) -> int:
@@ -58,12 +60,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--checkpoint", metavar="PATH", help="state_dict (loaded weights_only)")
     model.add_argument("--embed-layer", metavar="NAME", help="layer whose output is the embedding")
     run = p.add_argument_group("run")
-    run.add_argument(
-        "--store",
-        default=default_store(),
-        metavar="ROOT",
-        help="score store root (default $WINNOW_STORE or ./winnow-store)",
-    )
+    run.add_argument("--store", metavar="ROOT", help=_STORE_HELP)
     run.add_argument("--run", required=True, metavar="NAME", help="run name in the store")
     run.add_argument("--resume", action="store_true", help="skip shards already committed")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -99,7 +96,7 @@ def _add_embedding_arguments(p: argparse.ArgumentParser) -> None:
 
 def _job_kwargs(args: argparse.Namespace) -> dict:
     return {
-        "store": args.store,
+        "store": _store(args),
         "run": args.run,
         "checkpoint": args.checkpoint,
         "id_column": args.id_column,
@@ -152,7 +149,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    run_demo(store=args.store, actors=args.actors, num_samples=args.num_samples)
+    run_demo(store=_store(args), actors=args.actors, num_samples=args.num_samples)
     return 0
 
 
@@ -192,12 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate MNIST-1D, train a small CNN and a reference model on a held-out "
         "half, score loss/el2n/grad_norm/learnability/embeddings with Ray, then query the store.",
     )
-    p.add_argument(
-        "--store",
-        default=default_store(),
-        metavar="ROOT",
-        help="score store root (default $WINNOW_STORE or ./winnow-store)",
-    )
+    p.add_argument("--store", metavar="ROOT", help=_STORE_HELP)
     p.add_argument("--actors", type=_positive_int, help="scorer actors (default: from CPUs)")
     p.add_argument(
         "--num-samples",

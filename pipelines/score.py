@@ -382,7 +382,7 @@ def _run_ray(
             num_gpus=gpus,
         )
         t0 = time.perf_counter()
-        first_rows = 0
+        arrivals: list[tuple[float, int]] = []  # (seconds since start, cumulative rows)
         with _progress_bar(todo_rows, progress) as bar:
             for report in shards.iter_rows():
                 if report["error"]:
@@ -393,17 +393,32 @@ def _run_ray(
                         None if error_id < 0 else error_id,
                         str(report["error"]),
                     )
-                if "first_shard_s" not in timings:
-                    timings["first_shard_s"] = time.perf_counter() - t0
-                    first_rows = int(report["rows"])
-                bar.update(int(report["rows"]))
+                rows = int(report["rows"])
+                arrivals.append(
+                    (time.perf_counter() - t0, rows + (arrivals[-1][1] if arrivals else 0))
+                )
+                bar.update(rows)
         timings["scoring_s"] = time.perf_counter() - t0
-        steady_s = timings["scoring_s"] - timings["first_shard_s"]
-        if steady_s > 0 and todo_rows > first_rows:
-            timings["steady_rows_per_s"] = (todo_rows - first_rows) / steady_s
+        timings["first_shard_s"] = arrivals[0][0]
+        timings.update(_steady_rate(arrivals, timings["scoring_s"]))
     finally:
         if own_ray:
             ray.shutdown()
+
+
+def _steady_rate(arrivals: list[tuple[float, int]], total_s: float) -> dict[str, float]:
+    """Rows/s after the first quarter of the rows landed, and the fixed cost it implies.
+
+    Actor start-up (a Python process importing torch and building the model) is a fixed cost
+    per job; the rate over the last three quarters of the rows excludes it, and
+    ``startup_overhead_s = total - rows / rate`` estimates it.
+    """
+    total_rows = arrivals[-1][1]
+    start = next((t, r) for t, r in arrivals if r >= total_rows / 4)
+    if total_s - start[0] <= 0 or total_rows <= start[1]:
+        return {}
+    rate = (total_rows - start[1]) / (total_s - start[0])
+    return {"steady_rows_per_s": rate, "startup_overhead_s": max(0.0, total_s - total_rows / rate)}
 
 
 class _CallableModule(types.ModuleType):

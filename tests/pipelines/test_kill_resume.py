@@ -27,7 +27,7 @@ def _job_args(data: Path, store: Path, run: str, *extra: str) -> list[str]:
         sys.executable, "-m", "pipelines.score",
         "--data", str(data), "--feature-columns", "x",
         "--model", "tests.pipelines.scoring_fixtures:slow_mlp",
-        "--metrics", "loss", "--store", str(store), "--run", run,
+        "--metrics", "loss,el2n", "--store", str(store), "--run", run,
         "--shard-size", str(SHARD), "--batch-size", "50",
         "--num-cpus", "2", "--actors", "2", "--quiet", *extra,
     ]  # fmt: skip
@@ -81,7 +81,7 @@ def test_sigkill_driver_then_resume_gives_exactly_the_uninterrupted_result(ray_s
     # Uninterrupted reference: the same job and actor set-up, on the session's Ray.
     pipelines.score(
         str(data), "tests.pipelines.scoring_fixtures:slow_mlp", feature_columns="x",
-        metrics="loss", store=tmp_path / "ref", run="run", shard_size=SHARD,
+        metrics="loss,el2n", store=tmp_path / "ref", run="run", shard_size=SHARD,
         batch_size=50, actors=2, progress=False,
     )  # fmt: skip
     ref = ScoreStore(tmp_path / "ref")
@@ -105,10 +105,10 @@ def test_sigkill_driver_then_resume_gives_exactly_the_uninterrupted_result(ray_s
 
     manifest = store.manifest("run")
     assert manifest["status"] == "complete"
-    assert manifest["row_counts"] == {"loss": N}
+    assert manifest["row_counts"] == {"loss": N, "el2n": N}
     assert manifest["extra"]["shards_skipped"] == len(after_second)
     assert manifest["resumed"] == 2
-    for metric in ("loss",):
+    for metric in ("loss", "el2n"):
         table = store.sql(
             f"SELECT count(*) AS n, count(DISTINCT example_id) AS d FROM scores "
             f"WHERE run = 'run' AND metric = '{metric}'"
