@@ -27,92 +27,12 @@ from typing import Any
 import numpy as np
 
 from pipelines import _report_figures as figures
+from pipelines import _report_queries as q
 
 __all__ = ["render_report", "write_report"]
 
-_BINS = 40
-_SCATTER_POINTS = 4000
 _MAX_CLUSTER_BARS = 200
 _LOSS_NAMES = ("loss", "learner_loss", "ce_loss")
-
-
-def _lit(text: str) -> str:
-    """A SQL string literal (single quotes doubled)."""
-    return "'" + str(text).replace("'", "''") + "'"
-
-
-def _rows(store: Any, query: str) -> list[dict]:
-    return store.sql(query).to_pylist()
-
-
-def _available_runs(store: Any) -> dict[str, dict[str, bool]]:
-    """``{run: {"scores": bool, "trace": bool}}`` for every run with rows in either view.
-
-    The store keeps both views defined (empty, with their columns, until files exist)."""
-    found: dict[str, dict[str, bool]] = {}
-    for view in ("scores", "trace"):
-        for r in _rows(store, f"SELECT DISTINCT run FROM {view} ORDER BY run"):
-            found.setdefault(r["run"], {"scores": False, "trace": False})[view] = True
-    return found
-
-
-def _metric_summary(store: Any, run: str) -> list[dict]:
-    return _rows(
-        store,
-        f"""SELECT metric, count(*) AS n, count(*) FILTER (WHERE isnan(value)) AS missing,
-                   min(value) FILTER (WHERE isfinite(value)) AS lo,
-                   avg(value) FILTER (WHERE isfinite(value)) AS mean,
-                   max(value) FILTER (WHERE isfinite(value)) AS hi,
-                   bool_and(value = floor(value)) FILTER (WHERE isfinite(value)) AS integral
-            FROM scores WHERE run = {_lit(run)} GROUP BY metric ORDER BY metric""",
-    )
-
-
-def _histogram(store: Any, run: str, metric: str, lo: float, hi: float):
-    """``(edges float64 [_BINS+1], counts int64 [_BINS])`` of the finite values."""
-    width = (hi - lo) / _BINS if hi > lo else 1.0
-    rows = _rows(
-        store,
-        f"""SELECT least(greatest(floor((value - {lo!r}) / {width!r}), 0), {_BINS - 1})::INTEGER
-                   AS bin, count(*) AS n
-            FROM scores WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
-            GROUP BY bin""",
-    )
-    counts = np.zeros(_BINS, dtype=np.int64)
-    for r in rows:
-        counts[r["bin"]] = r["n"]
-    return lo + width * np.arange(_BINS + 1, dtype=np.float64), counts
-
-
-def _extremes(store: Any, run: str, metric: str, k: int, descending: bool) -> list[dict]:
-    order = "DESC" if descending else "ASC"
-    return _rows(
-        store,
-        f"""SELECT example_id, value FROM scores
-            WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
-            ORDER BY value {order}, example_id LIMIT {int(k)}""",
-    )
-
-
-def _paired_sample(store: Any, run: str, x_metric: str, y_metric: str):
-    rows = store.sql(
-        f"""SELECT x.value AS x, y.value AS y
-            FROM scores x JOIN scores y ON x.run = y.run AND x.example_id = y.example_id
-            WHERE x.run = {_lit(run)} AND x.metric = {_lit(x_metric)}
-              AND y.metric = {_lit(y_metric)} AND isfinite(x.value) AND isfinite(y.value)
-            ORDER BY hash(x.example_id) LIMIT {_SCATTER_POINTS}"""
-    )
-    return rows.column("x").to_numpy(), rows.column("y").to_numpy()
-
-
-def _cluster_sizes(store: Any, run: str, metric: str) -> np.ndarray:
-    rows = _rows(
-        store,
-        f"""SELECT count(*) AS n FROM scores
-            WHERE run = {_lit(run)} AND metric = {_lit(metric)} AND isfinite(value)
-            GROUP BY value ORDER BY n DESC""",
-    )
-    return np.array([r["n"] for r in rows], dtype=np.int64)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -134,7 +54,7 @@ def _img(uri: str, alt: str) -> str:
 
 
 def _scores_section(store: Any, run: str, top_k: int) -> str:
-    summary = _metric_summary(store, run)
+    summary = q.metric_summary(store, run)
     parts = ["<h3>Scores</h3>"]
     parts.append(
         _table(
@@ -147,14 +67,14 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
     dups = [s for s in finite if "dup" in s["metric"]]
     plain = [s for s in finite if s not in clusters and s not in dups]
     if plain:
-        hists = {s["metric"]: _histogram(store, run, s["metric"], s["lo"], s["hi"]) for s in plain}
+        hists = {s["metric"]: q.histogram(store, run, s["metric"], s["lo"], s["hi"]) for s in plain}
         parts.append(_img(figures.histogram_grid(hists), f"score histograms of {run}"))
     names = {s["metric"] for s in finite}
     loss = next((n for n in _LOSS_NAMES if n in names), None)
     for learn in sorted(n for n in names if "learnability" in n):
         if loss is None:
             break
-        x, y = _paired_sample(store, run, loss, learn)
+        x, y = q.paired_sample(store, run, loss, learn)
         if len(x):
             title = f"{learn} vs {loss} ({len(x)} examples sampled)"
             uri = figures.scatter(x, y, xlabel=loss, ylabel=learn, title=title)
@@ -164,12 +84,12 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
         rows = []
         for s in plain:
             for label, desc in (("highest", True), ("lowest", False)):
-                ext = _extremes(store, run, s["metric"], top_k, desc)
+                ext = q.extremes(store, run, s["metric"], top_k, desc)
                 cells = [f"{r['example_id']} ({r['value']:.4g})" for r in ext]
                 rows.append([s["metric"], label, ", ".join(cells)])
         parts.append(_table(["metric", "end", "example_id (value)"], rows))
     for s in clusters:
-        sizes = _cluster_sizes(store, run, s["metric"])
+        sizes = q.cluster_sizes(store, run, s["metric"])
         title = (
             f"{s['metric']}: {len(sizes)} clusters, sizes {sizes.min()}–{sizes.max()}"
             f" (median {int(np.median(sizes))})"
@@ -178,12 +98,8 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
     if dups:
         rows = []
         for s in dups:
-            flagged = _rows(
-                store,
-                f"""SELECT count(*) FILTER (WHERE value <> 0) AS flagged, count(*) AS n
-                    FROM scores WHERE run = {_lit(run)} AND metric = {_lit(s["metric"])}""",
-            )[0]
-            rows.append([s["metric"], flagged["flagged"], flagged["n"]])
+            flagged, scored = q.flagged_count(store, run, s["metric"])
+            rows.append([s["metric"], flagged, scored])
         parts.append("<h4>Duplicates</h4>")
         parts.append(_table(["metric", "flagged (value ≠ 0)", "scored"], rows))
     return "\n".join(parts)
@@ -191,31 +107,18 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
 
 def _trace_section(store: Any, run: str, num_examples: int | None) -> str:
     """Pruned fractions use the manifest's ``num_examples``, else the distinct ids traced."""
-    where = f"run = {_lit(run)}"
-    seen = _rows(store, f"SELECT count(DISTINCT example_id) AS n FROM trace WHERE {where}")
-    n = int(num_examples or seen[0]["n"])
-    per_epoch = _rows(
-        store,
-        f"""SELECT epoch, count(*) AS rows, count(*) FILTER (WHERE kept) AS kept,
-                   avg(loss) FILTER (WHERE kept AND isfinite(loss)) AS mean_loss,
-                   avg(weight) FILTER (WHERE kept) AS mean_weight
-            FROM trace WHERE {where} GROUP BY epoch ORDER BY epoch""",
-    )
+    seen = q.traced_examples(store, run)
+    n = int(num_examples or seen)
+    per_epoch = q.trace_per_epoch(store, run)
     epochs = np.array([r["epoch"] for r in per_epoch], dtype=np.int64)
     kept = np.array([r["kept"] for r in per_epoch], dtype=np.float64)
     pruned = 1.0 - kept / max(n, 1)
     mean_loss = np.array(
         [np.nan if r["mean_loss"] is None else r["mean_loss"] for r in per_epoch], dtype=float
     )
-    hist = _rows(
-        store,
-        f"""SELECT times_kept, count(*) AS n FROM (
-                SELECT example_id, count(*) FILTER (WHERE kept) AS times_kept
-                FROM trace WHERE {where} GROUP BY example_id)
-            GROUP BY times_kept ORDER BY times_kept""",
-    )
+    hist = q.keep_count_histogram(store, run)
     parts = [
-        f"<h3>Training trace</h3><p>{seen[0]['n']} distinct examples traced over {len(epochs)}"
+        f"<h3>Training trace</h3><p>{seen} distinct examples traced over {len(epochs)}"
         f" epochs; fractions are of {n} examples.</p>"
     ]
     parts.append(_img(figures.trace_epochs(epochs, pruned, mean_loss), f"pruned per epoch {run}"))
@@ -274,7 +177,7 @@ def render_report(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    available = _available_runs(store)
+    available = q.available_runs(store)
     if runs is None:
         selected = list(available)
         if not selected:
