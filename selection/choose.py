@@ -8,8 +8,8 @@ Higher score means "more wanted" for ``top_k``-style choosers; pass ``largest=Fa
 (``argpartition`` / ``argsort`` / one noise draw), so 10^8 scores cost a few seconds and a few
 bytes per score: roughly 8 (positions) + 8 (keys and noise, float32) on top of the input.
 
-Ties are broken deterministically by ``argpartition``/``lexsort`` (the result does not depend on
-any RNG), and returned positions within a block are ordered by score (then by position).
+Ties are broken by position (lower position first), so the result is the same on every machine
+and never depends on an RNG; returned positions within a block are ordered by score.
 
 References: ALGORITHMS.md section 7 (stochastic acquisition), section 8 (EL2N offset windows,
 calibration by randomisation).
@@ -46,21 +46,44 @@ def _work_dtype(arr: np.ndarray) -> type:
     return np.float32 if arr.dtype in (np.float16, np.float32) else np.float64
 
 
-def _rank_window(s: np.ndarray, start: int, stop: int, largest: bool) -> np.ndarray:
-    """Positions holding ranks ``[start, stop)`` (rank 0 = most extreme), in rank order."""
+def _first_in_order(s: np.ndarray, m: int, largest: bool) -> np.ndarray:
+    """Ascending positions of the first ``m`` entries in the order (score, then position).
+
+    ``np.partition`` finds the boundary value; entries strictly beyond it are all in, and the
+    tied ones are taken by lowest position. Ties are thus resolved by a rule, not by whatever
+    the (SIMD, CPU-dependent) selection algorithm did, so every machine picks the same set.
+    """
     n = s.shape[0]
+    if m == 0:
+        return _EMPTY.copy()
+    if m == n:
+        return np.arange(n, dtype=np.int64)
+    kth = n - m if largest else m - 1
+    v = np.partition(s, kth)[kth]
+    beyond = np.flatnonzero(s > v if largest else s < v)
+    tied = np.flatnonzero(s == v)[: m - beyond.shape[0]]
+    return np.sort(np.concatenate([beyond, tied])).astype(np.int64, copy=False)
+
+
+def _rank_window(s: np.ndarray, start: int, stop: int, largest: bool) -> np.ndarray:
+    """Positions holding ranks ``[start, stop)`` (rank 0 = most extreme), in rank order.
+
+    Rank order: by score (descending if ``largest``), ties by ascending position.
+    """
     if stop <= start:
         return _EMPTY.copy()
-    lo, hi = (n - stop, n - start) if largest else (start, stop)
-    kth = sorted({lo, hi - 1})
-    idx = np.argpartition(s, kth)[lo:hi]
+    idx = _first_in_order(s, stop, largest)
+    if start:
+        head = _first_in_order(s, start, largest)
+        idx = idx[~np.isin(idx, head, assume_unique=True, kind="sort")]
     vals = s[idx]
     if largest:
-        # Descending score, ties by ascending position: sort ascending on (score, -pos), reverse.
-        order = np.lexsort((-idx, vals))[::-1]
+        # Stable sort of the reversed block: ascending value, ties by descending position;
+        # reversing that gives descending value, ties by ascending position.
+        order = (idx.shape[0] - 1) - np.argsort(vals[::-1], kind="stable")[::-1]
     else:
-        order = np.lexsort((idx, vals))
-    return idx[order].astype(np.int64, copy=False)
+        order = np.argsort(vals, kind="stable")
+    return idx[order]
 
 
 def top_k(scores, k: int) -> np.ndarray:
