@@ -100,6 +100,7 @@ class Cost:
     backward: int = 0
     steps: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time: robust to other processes sharing the cores
 
 
 class Learner:
@@ -131,14 +132,16 @@ class MethodRun:
         self.learner = Learner(self.task, self.recipe, self.seed)
         self._next_eval = self.eval_every
         self._record()
-        self._since = time.perf_counter()
+        self._since = _now()
 
     # --- clock -------------------------------------------------------------------------------
-    def clock(self) -> float:
-        now = time.perf_counter()
-        self.cost.wall_s += now - self._since
-        self._since = now
-        return self.cost.wall_s
+    def clock(self) -> Cost:
+        """Charge the time since the last call (or since evaluation ended); returns the cost."""
+        wall, cpu = _now()
+        self.cost.wall_s += wall - self._since[0]
+        self.cost.cpu_s += cpu - self._since[1]
+        self._since = (wall, cpu)
+        return self.cost
 
     def _record(self) -> None:
         acc = self.accuracy(self.learner.model)
@@ -150,7 +153,7 @@ class MethodRun:
             self._record()
             while self._next_eval <= self.cost.backward:
                 self._next_eval += self.eval_every
-            self._since = time.perf_counter()
+            self._since = _now()
 
     # --- training and scoring ----------------------------------------------------------------
     @torch.no_grad()
@@ -230,7 +233,7 @@ class MethodRun:
         self.setup = Cost(**asdict(self.cost))
         self.history.append({**asdict(self.cost), "acc": self.history[0]["acc"]})
         self._next_eval = self.cost.backward + self.eval_every
-        self._since = time.perf_counter()
+        self._since = _now()
 
     def charge(self, cost: Cost) -> None:
         """Add a cost measured elsewhere (a setup shared by several methods at this seed)."""
@@ -238,6 +241,7 @@ class MethodRun:
         self.cost.backward += cost.backward
         self.cost.steps += cost.steps
         self.cost.wall_s += cost.wall_s
+        self.cost.cpu_s += cost.cpu_s
 
     def finish(self) -> dict:
         self.clock()
@@ -250,6 +254,10 @@ class MethodRun:
             "setup": asdict(self.setup),
             "history": self.history,
         }
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _chunks(ids: np.ndarray, size: int):

@@ -65,16 +65,10 @@ class SharedSetups:
             value, cost = self._cache[key]
             run.charge(cost)
             return value
-        before = Cost(**vars(run.cost))
-        before.wall_s = run.clock()
+        before = Cost(**vars(run.clock()))
         value = compute(run)
-        after_wall = run.clock()
-        cost = Cost(
-            forward=run.cost.forward - before.forward,
-            backward=run.cost.backward - before.backward,
-            steps=run.cost.steps - before.steps,
-            wall_s=after_wall - before.wall_s,
-        )
+        after = run.clock()
+        cost = Cost(**{k: getattr(after, k) - v for k, v in vars(before).items()})
         self._cache[key] = (value, cost)
         return value
 

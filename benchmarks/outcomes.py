@@ -176,7 +176,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     full_run = run
                 print(
                     f"[{time.perf_counter() - started:7.1f}s] {model} {name:14s} seed {seed}: "
-                    f"acc {100 * res['final_acc']:.2f} %, {res['cost']['wall_s']:.1f} s, "
+                    f"acc {100 * res['final_acc']:.2f} %, {res['cost']['cpu_s']:.1f} CPU s "
+                    f"({res['cost']['wall_s']:.1f} s wall), "
                     f"{res['cost']['backward']} backward rows",
                     flush=True,
                 )

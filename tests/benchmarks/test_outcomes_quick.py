@@ -37,7 +37,7 @@ def test_json_is_complete_and_consistent(quick_run):
             for res in seeds:
                 hist = res["history"]
                 assert len(hist) >= 3
-                for key in ("backward", "forward", "steps", "wall_s"):
+                for key in ("backward", "forward", "steps", "wall_s", "cpu_s"):
                     values = [h[key] for h in hist]
                     assert values == sorted(values), (name, key)
                 assert hist[-1]["backward"] == res["cost"]["backward"]
