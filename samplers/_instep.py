@@ -181,9 +181,9 @@ def check_pair_losses(losses, batch: int, *, name: str, check_finite: bool | Non
 
 def _check_finite(x: torch.Tensor, name: str, check_finite: bool | None) -> None:
     run = check_finite if check_finite is not None else x.device.type == "cpu"
-    # One reduction, no [B, B] bool temporary: a float64 sum of finite float32 values cannot
-    # overflow, so it is finite iff every term is; the exact count runs only on failure.
-    if run and not bool(torch.isfinite(x.sum(dtype=torch.float64))):
+    # One vectorised reduction, no [B, B] bool temporary: the sum is finite unless some term
+    # is NaN/inf (or the sum overflows, which the exact count then clears).
+    if run and not bool(torch.isfinite(x.sum())):
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"{name} has {bad} NaN/inf values; expected finite losses")
