@@ -137,6 +137,17 @@ def test_gumbel_top_k_is_without_replacement_in_distribution():
     assert abs(np.mean(after_c == 1) - np.e / (1 + np.e)) < 0.02
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.5, 2.5, 1e4, -1e4]), min_size=1, max_size=100),
+    st.sampled_from([np.float16, np.float32, np.float64, np.int32]),
+)
+def test_descending_order_breaks_ties_by_position(values, dtype):
+    s = np.array(values).astype(dtype)
+    expected = np.lexsort((np.arange(len(s)), -s.astype(np.float64)))
+    np.testing.assert_array_equal(choose._descending_order(s), expected)
+
+
 def test_power_fills_uniformly_when_too_few_positive_scores():
     s = np.array([0.0, 3.0, 0.0, 0.0, 1.0])
     pos = gumbel_top_k(s, 4, beta=1.0, kind="power", rng=np.random.default_rng(0))
