@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from samplers.hardbatch import HardBatchSampler
+from samplers.indexed import IndexedDataset
 
 
 class Losses:
@@ -132,23 +133,16 @@ def test_resume_mid_epoch_with_batches_in_flight():
         HardBatchSampler(n, 10, delta=0.5, num_epochs=epochs, seed=3).load_state_dict(state)
 
 
-class IdDataset(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return i, self.x[i], self.y[i]
-
-
 def test_real_dataloader_with_prefetching_workers():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(160, 8, generator=g), torch.randint(0, 3, (160,), generator=g)
     s = HardBatchSampler(160, 16, delta=0.5, num_epochs=3, seed=0)
     loader = DataLoader(
-        IdDataset(x, y), batch_sampler=s, num_workers=1, prefetch_factor=4, persistent_workers=True
+        IndexedDataset(TensorDataset(x, y)),
+        batch_sampler=s,
+        num_workers=1,
+        prefetch_factor=4,
+        persistent_workers=True,
     )
     model = torch.nn.Linear(8, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -156,7 +150,7 @@ def test_real_dataloader_with_prefetching_workers():
     for epoch in range(3):
         s.set_epoch(epoch)
         assert len(loader) == 10
-        for ids, xb, yb in loader:
+        for ids, (xb, yb) in loader:
             losses = torch.nn.functional.cross_entropy(model(xb), yb, reduction="none")
             s.update(ids, losses.detach())
             losses.mean().backward()
