@@ -1,9 +1,9 @@
 """Read score shards into a dense array indexed by ``example_id``.
 
 Decoding a Parquet row group and scattering it into the dense array both release the GIL, so
-row groups are processed by a small thread pool, each thread decoding one row group and
-scattering it directly. Shards hold disjoint ids, so the scatters never touch the same element;
-if a broken store has the same id in two shards, the row count exposes it afterwards.
+they are pipelined: the calling thread decodes row group k+1 (a ``ParquetFile`` is not safe to
+share between threads, so only this thread touches it) while one helper thread scatters row
+group k. If a broken store has the same id in two shards, the row count exposes it afterwards.
 """
 
 from __future__ import annotations
@@ -67,11 +67,13 @@ def read_dense(
             num_examples = 1 + max((_max_id(p, f) for p, f in opened), default=-1)
         values = np.full(num_examples, np.nan, dtype=np.float32)
 
-        def scatter(path: str, parquet: pq.ParquetFile, row_group: int) -> tuple[int, np.ndarray]:
+        def decode(path: str, parquet: pq.ParquetFile, row_group: int) -> pa.Table:
             try:
-                table = parquet.read_row_group(row_group, columns=_COLUMNS, use_threads=False)
+                return parquet.read_row_group(row_group, columns=_COLUMNS)
             except (OSError, pa.ArrowException) as exc:
                 raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
+
+        def scatter(path: str, table: pa.Table) -> tuple[int, np.ndarray]:
             ids = table["example_id"].to_numpy()
             chunk = table["value"].to_numpy()
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_examples):
@@ -83,10 +85,17 @@ def read_dense(
             nan = np.isnan(chunk)
             return ids.size, ids[nan] if nan.any() else ids[:0]
 
-        units = [(p, f, rg) for p, f in opened for rg in range(f.metadata.num_row_groups)]
-        workers = max(1, min(len(units), os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda unit: scatter(*unit), units))
+        results = []
+        with ThreadPoolExecutor(max_workers=1) as scatterer:
+            pending = None
+            for path, parquet in opened:
+                for row_group in range(parquet.metadata.num_row_groups):
+                    table = decode(path, parquet, row_group)
+                    if pending is not None:
+                        results.append(pending.result())
+                    pending = scatterer.submit(scatter, path, table)
+            if pending is not None:
+                results.append(pending.result())
     rows = sum(n for n, _ in results)
     # A sequential pass instead of a second random scatter; stored NaNs are added back by id.
     present = ~np.isnan(values)
