@@ -201,6 +201,8 @@ class HardBatchSampler(Sampler[list[int]]):
         local = self._local_ids(batch)
         if losses.shape[0] != local.shape[0]:
             raise ValueError(f"got {losses.shape[0]} losses for a slice of {local.shape[0]} ids")
+        if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
+            raise ValueError(f"losses of batch {batch} (step {step}) contain NaN/inf")
         _, losses_all = all_gather_feedback(torch.from_numpy(local), losses.detach())
         del self._pending[slot]
         self._unflushed.append((batch, step, losses_all.float().mean()))
@@ -233,6 +235,10 @@ class HardBatchSampler(Sampler[list[int]]):
         device = self._unflushed[0][2].device
         # One device-to-host copy per round, not one per step.
         values = torch.stack([v.to(device) for _, _, v in self._unflushed]).cpu().double().numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():  # device losses are checked here, once per round, not with a sync per step
+            where = [(b, t) for (b, t, _), x in zip(self._unflushed, bad, strict=True) if x]
+            raise ValueError(f"NaN/inf losses were fed back for (batch, step) {where[:10]}")
         for (batch, step, _), value in zip(self._unflushed, values, strict=True):
             if step >= self._loss_step[batch]:
                 self._losses[batch] = value

@@ -182,6 +182,8 @@ def test_bad_input():
         s.update(torch.tensor(ids), torch.zeros(9))
     with pytest.raises(ValueError, match="sequential"):
         s.set_epoch(1)
+    with pytest.raises(ValueError, match="NaN"):
+        s.update(torch.tensor(ids), torch.full((10,), float("nan")))
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
