@@ -1,7 +1,7 @@
 """Scoring-job speed: the Ray job against an in-process loop (no Ray), same model, same data.
 
-    python -m benchmarks.bench_score            # 1M rows
-    python -m benchmarks.bench_score --quick    # 200k rows
+    python -m benchmarks.bench_score            # 1M rows (loss), 200k (loss+grad_norm)
+    python -m benchmarks.bench_score --quick    # 200k / 40k
 
 Model: ``pipelines.toydata.SmallCNN`` (MNIST-1D shaped input, 40 features, 10 classes);
 data: random features in Parquet (one fixed-size-list column). For ``loss`` and
@@ -37,8 +37,12 @@ import numpy as np
 __all__ = ["main"]
 
 RESULTS = Path(__file__).parent / "results" / "bench_score.json"
-# name -> (executor, torch threads in this process; None = torch's default)
-_EXECUTORS = {"inline": ("inline", None), "inline_1thread": ("inline", 1), "ray": ("ray", None)}
+# name -> (executor, torch threads in this process (None: torch's default), full data or not)
+_EXECUTORS = {
+    "inline": ("inline", None, False),
+    "inline_1thread": ("inline", 1, True),
+    "ray": ("ray", None, True),
+}
 MODEL = "pipelines.toydata:SmallCNN"
 
 
@@ -63,7 +67,9 @@ def _write_data(directory: Path, n: int) -> Path:
     return directory
 
 
-def _job(data: Path, ckpt: Path, store: Path, run: str, metrics: str, executor: str) -> dict:
+def _job(
+    data: Path, rows: int, ckpt: Path, store: Path, run: str, metrics: str, executor: str
+) -> dict:
     import pipelines
 
     manifest = pipelines.score(
@@ -75,7 +81,7 @@ def _job(data: Path, ckpt: Path, store: Path, run: str, metrics: str, executor: 
         store=store,
         run=run,
         batch_size=512,
-        shard_size=20_000,
+        shard_size=max(1_000, rows // 40),  # enough shards for a steady-state rate
         actors=2,
         executor=executor,
         progress=False,
@@ -117,7 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
     default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         tmp_path = Path(tmp)
-        data = _write_data(tmp_path / "data", n)
+        # loss+grad_norm is ~10x slower per row: a fifth of the rows keeps the run short. The
+        # default-thread in-process loop (slow on a busy machine) gets a fixed 20k rows: an
+        # in-process loop has no fixed cost in its rate (model loading is excluded).
+        sizes = {"loss": n, "loss,grad_norm": max(n // 5, 20_000), "small": 20_000}
+        datasets = {key: _write_data(tmp_path / f"data-{i}", rows)
+                    for i, (key, rows) in enumerate(sizes.items())}  # fmt: skip
         torch.manual_seed(0)
         ckpt = tmp_path / "model.pt"
         torch.save(SmallCNN().state_dict(), ckpt)
@@ -128,11 +139,15 @@ def main(argv: list[str] | None = None) -> dict:
             for metrics in ("loss", "loss,grad_norm"):
                 runs: dict[str, list[dict]] = {name: [] for name in _EXECUTORS}
                 for rep in range(args.repeats):
-                    for name, (executor, threads) in _EXECUTORS.items():
+                    for name, (executor, threads, full) in _EXECUTORS.items():
                         run = f"{name}-{metrics.replace(',', '-')}-{rep}"
+                        key = metrics if full else "small"
                         torch.set_num_threads(threads or default_threads)
                         try:
-                            job = _job(data, ckpt, tmp_path / "store", run, metrics, executor)
+                            job = _job(
+                                datasets[key], sizes[key], ckpt, tmp_path / "store", run,
+                                metrics, executor,
+                            )  # fmt: skip
                         finally:
                             torch.set_num_threads(default_threads)
                         runs[name].append(job)
@@ -143,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["jobs"].append(
                     {
                         "metrics": metrics,
+                        "rows": sizes[metrics],
                         "inline_rows_per_s": best["inline"]["rows_per_s"],
                         "inline_1thread_rows_per_s": best["inline_1thread"]["rows_per_s"],
                         "ray_rows_per_s": ray_job["rows_per_s"],
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     cols = [
         ("metrics", "metrics", "<16", ""),
+        ("rows", "rows", ">9", "d"),
         ("inline", "inline_rows_per_s", ">9", ".0f"),
         ("inline 1thr", "inline_1thread_rows_per_s", ">12", ".0f"),
         ("ray", "ray_rows_per_s", ">9", ".0f"),
