@@ -48,47 +48,49 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
 
 
 def bench_write_read(tmp: Path, n: int, repeats: int) -> list[dict]:
+    """Write and dense-read n scores, ids in random order (worst case for the scatter) and in
+    order (a scoring job's shard of consecutive ids), against raw pyarrow on the same arrays."""
     rng = np.random.default_rng(0)
-    ids = rng.permutation(n).astype(np.int64)  # a scoring job's ids arrive in any order
     values = rng.random(n, dtype=np.float32)
     store = ScoreStore(tmp / "store")
     raw_path = str(tmp / "raw.parquet")
+    rows = []
+    for order, ids in (("random", rng.permutation(n)), ("sorted", np.arange(n, dtype=np.int64))):
+        metric = f"loss_{order}"
 
-    def raw_default() -> None:
-        pq.write_table(pa.table({"example_id": ids, "value": values}), raw_path)
+        def raw_default(ids: np.ndarray = ids) -> None:
+            pq.write_table(pa.table({"example_id": ids, "value": values}), raw_path)
 
-    def raw_same_settings() -> None:
-        table = pa.table({"example_id": ids, "value": values})
-        pq.write_table(table, raw_path, compression="zstd", use_dictionary=False)
+        def raw_same_settings(ids: np.ndarray = ids) -> None:
+            table = pa.table({"example_id": ids, "value": values})
+            pq.write_table(table, raw_path, compression="zstd", use_dictionary=False)
 
-    write = _interleaved(
-        {
-            "store": lambda: store.write("bench", "loss", ids, values),
-            "raw_default": raw_default,
-            "raw_zstd_nodict": raw_same_settings,
-        },
-        repeats,
-    )
-    shard = f"{store.root}/scores/run=bench/metric=loss/shard-00000.parquet"
+        write = _interleaved(
+            {
+                "store": lambda ids=ids, metric=metric: store.write("bench", metric, ids, values),
+                "raw_default": raw_default,
+                "raw_zstd_nodict": raw_same_settings,
+            },
+            repeats,
+        )
+        shard = f"{store.root}/scores/run=bench/metric={metric}/shard-00000.parquet"
 
-    def raw_read() -> None:
-        table = pq.read_table(shard)
-        table["example_id"].to_numpy(), table["value"].to_numpy()
+        def raw_read(shard: str = shard) -> None:
+            table = pq.read_table(shard)
+            table["example_id"].to_numpy(), table["value"].to_numpy()
 
-    def store_read() -> None:
-        dense, present = store.read("bench", "loss")
-        assert present.all() and dense[ids[0]] == values[0]
+        def store_read(ids: np.ndarray = ids, metric: str = metric) -> None:
+            dense, present = store.read("bench", metric)
+            assert present.all() and dense[ids[0]] == values[0]
 
-    read = _interleaved({"store": store_read, "raw": raw_read}, repeats)
-    return [
-        _row(
-            f"write {n:.0e} scores", write["store"], write["raw_default"], "raw write_table default"
-        ),
-        _row(
-            f"write {n:.0e} scores", write["store"], write["raw_zstd_nodict"], "raw zstd, no dict"
-        ),
-        _row(f"read {n:.0e} as dense", read["store"], read["raw"], "raw read_table+to_numpy"),
-    ]
+        read = _interleaved({"store": store_read, "raw": raw_read}, repeats)
+        what = f"{n:.0e} scores, {order} ids"
+        rows += [
+            _row(f"write {what}", write["store"], write["raw_default"], "raw write_table default"),
+            _row(f"write {what}", write["store"], write["raw_zstd_nodict"], "raw zstd, no dict"),
+            _row(f"read {what}", read["store"], read["raw"], "raw read_table+to_numpy"),
+        ]
+    return rows
 
 
 def bench_queries(tmp: Path, n: int, shard_rows: int, repeats: int) -> list[dict]:
@@ -156,16 +158,16 @@ def _row(name: str, seconds: float, baseline: float, baseline_name: str) -> dict
 
 
 def _print(rows: list[dict]) -> None:
-    print(f"{'benchmark':<34} {'store s':>8} {'baseline':<24} {'base s':>8} {'ratio':>6}")
+    print(f"{'benchmark':<40} {'store s':>8} {'baseline':<24} {'base s':>8} {'ratio':>6}")
     for r in rows:
         if "ratio" in r:
             print(
-                f"{r['benchmark']:<34} {r['seconds']:8.3f} {r['baseline']:<24} "
+                f"{r['benchmark']:<40} {r['seconds']:8.3f} {r['baseline']:<24} "
                 f"{r['baseline_seconds']:8.3f} {r['ratio']:6.2f}"
             )
         else:
             print(
-                f"{r['benchmark']:<34} {r['seconds']:8.3f} "
+                f"{r['benchmark']:<40} {r['seconds']:8.3f} "
                 f"({r['rows_per_second']:.3g} rows/s, {r['bytes_on_disk'] / 1e9:.2f} GB)"
             )
 
@@ -173,7 +175,7 @@ def _print(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10^6 / 10^7 rows instead")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats (median)")
     parser.add_argument("--dir", default=None, help="parent of the temporary directory")
     args = parser.parse_args(argv)
     n_small, n_big = (10**6, 10**7) if args.quick else (10**7, 10**8)

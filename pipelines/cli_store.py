@@ -74,10 +74,17 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    from store import CorruptFileError
+
     store = _open_store(args)
     rows = []
     for manifest in store.runs():
-        live = store.row_counts(manifest["name"])  # the manifest's counts are stale while running
+        try:  # the manifest's counts are stale while a run is running: count the files now
+            live = store.row_counts(manifest["name"])
+        except CorruptFileError as exc:  # report it, and still list the other runs
+            print(f"winnow runs: error: {exc}", file=sys.stderr)
+            live = {"row_counts": None, "trace_rows": None}
+        counts = live["row_counts"]
         rows.append(
             {
                 "run": manifest["name"],
@@ -85,8 +92,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 "status": manifest.get("status"),
                 "created": manifest.get("created"),
                 "num_examples": manifest.get("num_examples"),
-                "rows": sum(live["row_counts"].values()),
-                "metrics": ",".join(f"{m}:{n}" for m, n in live["row_counts"].items()),
+                "rows": None if counts is None else sum(counts.values()),
+                "metrics": "?"
+                if counts is None
+                else ",".join(f"{m}:{n}" for m, n in counts.items()),
                 "trace_rows": live["trace_rows"],
             }
         )

@@ -84,6 +84,7 @@ class ScoreStore:
         Returns:
             n, the number of rows written.
         """
+        check_name(run, "run")
         check_name(metric, "metric")
         shard = check_nonnegative_int(shard, "shard")
         ids_arr = check_ids(ids)
@@ -133,6 +134,7 @@ class ScoreStore:
         self, run: str, name: str, ids: object, vectors: object, *, shard: int = 0
     ) -> int:
         """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n."""
+        check_name(run, "run")
         check_name(name, "vector")
         shard = check_nonnegative_int(shard, "shard")
         table = vec.vectors_table(check_ids(ids), vectors)

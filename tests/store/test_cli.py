@@ -117,3 +117,14 @@ def test_shell_reads_piped_statements_and_survives_errors(filled):
     assert "refused a COPY statement" in done.stderr
     assert "unknown command '.nonsense'" in done.stderr
     assert not (filled / "x.csv").exists()
+
+
+def test_runs_reports_a_corrupt_file_and_lists_the_other_runs(filled, capsys):
+    path = filled / "scores" / "run=live" / "metric=margin" / "shard-00000.parquet"
+    path.write_bytes(b"not parquet")
+    assert main(["runs", "--store", str(filled)]) == 0
+    captured = capsys.readouterr()
+    assert f"corrupt or foreign file in the score store: {path}" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[2].split()[:3] == ["base", "scores", "complete"] and "loss:4" in lines[2]
+    assert lines[3].split()[:3] == ["live", "scores", "running"]
