@@ -35,6 +35,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
 from pipelines.models import ModelSpec, describe_model
 from pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
 from pipelines.sources import DatasetSource, ParquetSource, make_source
@@ -90,11 +91,7 @@ def score(
     from store import ScoreStore
 
     started = time.perf_counter()
-    if executor not in ("ray", "inline"):
-        raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    _check_positive("batch_size", batch_size)
+    _check_options(executor, device, batch_size, shard_size, num_clusters, dedup_eps)
     source = make_source(
         data,
         id_column=id_column,
@@ -112,9 +109,6 @@ def score(
     metrics = validate_metrics(
         metrics, has_reference=ref_spec is not None, has_labels=plan.has_labels
     )
-    if shard_size is not None:
-        _check_positive("shard_size", shard_size)
-
     store_root = os.fspath(store)
     if "://" not in store_root:
         # Actors may run in another working directory: keep local paths absolute.
@@ -129,6 +123,7 @@ def score(
         "batch_size": batch_size,
         "device": device,
     }
+    identity = describe_model(model_spec)
     existing = _existing_manifest(scores, run)
     if existing is not None and not resume:
         raise ValueError(
@@ -136,9 +131,8 @@ def score(
             "pass --resume to continue it, or choose another --run"
         )
     if existing is not None:
-        shard_size = _check_resumable(existing, config, describe_model(model_spec), shard_size)
-    shard_size = shard_size or default_shard_size(plan.num_rows)
-    config["shard_size"] = shard_size
+        shard_size = _check_resumable(existing, config, identity, shard_size)
+    config["shard_size"] = shard_size = shard_size or default_shard_size(plan.num_rows)
     spec = JobSpec(
         source=source,
         model=model_spec,
@@ -154,13 +148,13 @@ def score(
     )
     outputs = list(scalar_outputs(metrics))
     if EMBEDDING in metrics:
-        outputs += ["cluster", "proto_dist", *(_dup_metric(e) for e in dedup_eps)]
+        outputs += [*EMBEDDING_METRICS, *(_dup_metric(e) for e in dedup_eps)]
     # On resume this marks the run "running" again, keeping its creation time.
     scores.begin_run(
         run,
         kind="scores",
         config=config,
-        model=describe_model(model_spec),
+        model=identity,
         num_examples=plan.num_examples,
         metrics=tuple(outputs),
     )
@@ -169,27 +163,20 @@ def score(
     todo_rows = sum(spec.shard_rows(k)[1] - spec.shard_rows(k)[0] for k in todo)
     timings: dict[str, float] = {}
     try:
-        if todo:
-            if executor == "inline":
-                _run_inline(spec, todo, todo_rows, progress, timings)
-            else:
-                _run_ray(
-                    spec, todo, todo_rows, progress, timings,
-                    address=address, actors=actors, cpus_per_actor=cpus_per_actor,
-                    num_cpus=num_cpus,
-                )  # fmt: skip
+        if todo and executor == "inline":
+            _run_inline(spec, todo, todo_rows, progress, timings)
+        elif todo:
+            _run_ray(
+                spec, todo, todo_rows, progress, timings,
+                address=address, actors=actors, cpus_per_actor=cpus_per_actor, num_cpus=num_cpus,
+            )  # fmt: skip
         if EMBEDDING in metrics:
-            from pipelines.embed import write_embedding_metrics
-
             t0 = time.perf_counter()
             write_embedding_metrics(scores, run, num_clusters=num_clusters, dedup_eps=dedup_eps)
             timings["embedding_metrics_s"] = time.perf_counter() - t0
     except ShardError as exc:
-        scores.finish_run(
-            run,
-            status="failed",
-            extra={"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id},
-        )
+        failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
+        scores.finish_run(run, status="failed", extra=failure)
         raise
     seconds = time.perf_counter() - started
     scoring_s = timings.get("scoring_s", 0.0)
@@ -201,19 +188,50 @@ def score(
         "seconds": round(seconds, 3),
         "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
         "executor": executor,
+        # A resumed run that completes no longer carries the failure of an earlier attempt.
+        "error": None,
+        "failed_shard": None,
+        "failed_id": None,
         **{k: round(v, 3) for k, v in timings.items()},
     }
     manifest = scores.finish_run(run, status="complete", extra=extra)
     if progress:
-        rate = extra["rows_per_s"]
-        print(
-            f"winnow score: run {run!r}: {todo_rows} rows scored in {seconds:.1f} s "
-            f"({rate if rate is not None else '-'} rows/s while scoring"
-            f"{f', {len(done)} shards already done' if done else ''}); "
-            f"store {store_root}",
-            file=sys.stderr,
-        )
+        _print_summary(run, store_root, extra, len(done))
     return manifest
+
+
+def _print_summary(run: str, store_root: str, extra: Mapping[str, Any], skipped: int) -> None:
+    rate = extra["rows_per_s"]
+    resumed = f", {skipped} shards were already done" if skipped else ""
+    print(
+        f"winnow score: run {run!r}: {extra['rows_scored']} rows scored in "
+        f"{extra['seconds']:.1f} s ({rate if rate is not None else '-'} rows/s while scoring"
+        f"{resumed}); store {store_root}",
+        file=sys.stderr,
+    )
+
+
+def _check_options(
+    executor: str,
+    device: str,
+    batch_size: int,
+    shard_size: int | None,
+    num_clusters: int | None,
+    dedup_eps: Sequence[float],
+) -> None:
+    """Refuse bad options before anything is read or written."""
+    if executor not in ("ray", "inline"):
+        raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _check_positive("batch_size", batch_size)
+    if shard_size is not None:
+        _check_positive("shard_size", shard_size)
+    if num_clusters is not None:
+        _check_positive("num_clusters", num_clusters)
+    for eps in dedup_eps:
+        if not 0.0 < float(eps) < 1.0:
+            raise ValueError(f"dedup eps must be in (0, 1), got {eps!r}")
 
 
 def _check_positive(name: str, value: object) -> None:

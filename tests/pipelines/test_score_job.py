@@ -133,6 +133,7 @@ def test_failing_model_names_shard_and_id_and_keeps_other_shards(ray_session, tm
     manifest = pipelines.score(str(data), model, resume=True, executor="inline", **args)
     assert manifest["status"] == "complete" and manifest["row_counts"]["loss"] == n
     assert manifest["extra"]["shards_skipped"] == len(committed)
+    assert manifest["extra"]["error"] is None and manifest["extra"]["failed_id"] is None
     values, present = store.read("fails", "loss")
     assert present.all()
     np.testing.assert_allclose(values, loss, rtol=1e-5, atol=1e-6)
@@ -167,6 +168,8 @@ def test_resume_rescores_only_missing_shards_and_checks_identity(tmp_path):
         ({"batch_size": 0}, "batch_size must be a positive int"),
         ({"executor": "spark"}, "executor must be"),
         ({"device": "tpu"}, "device must be"),
+        ({"dedup_eps": (1.5,)}, "dedup eps must be in"),
+        ({"num_clusters": 0}, "num_clusters must be a positive int"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_write(tmp_path, kwargs, match):
