@@ -20,7 +20,9 @@ _KINDS = ("softmax", "power", "softrank")
 def _gumbel(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """i.i.d. Gumbel(0, 1) as ``-log(Exp(1))``."""
     noise = torch.empty(n, dtype=like.dtype, device=like.device)
-    return noise.exponential_(generator=generator).log_().neg_()
+    # exponential_ can return 0 in float32; -log(0) = inf would ignore the score.
+    noise.exponential_(generator=generator).clamp_min_(torch.finfo(like.dtype).tiny)
+    return noise.log_().neg_()
 
 
 def gumbel_top_k_torch(

@@ -142,10 +142,12 @@ def test_gumbel_top_k_is_without_replacement_in_distribution():
     st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.5, 2.5, 1e4, -1e4]), min_size=1, max_size=100),
     st.sampled_from([np.float16, np.float32, np.float64, np.int32]),
 )
-def test_descending_order_breaks_ties_by_position(values, dtype):
+def test_order_by_score_breaks_ties_by_position(values, dtype):
     s = np.array(values).astype(dtype)
-    expected = np.lexsort((np.arange(len(s)), -s.astype(np.float64)))
-    np.testing.assert_array_equal(choose._descending_order(s), expected)
+    for descending in (True, False):
+        key = -s.astype(np.float64) if descending else s.astype(np.float64)
+        expected = np.lexsort((np.arange(len(s)), key))
+        np.testing.assert_array_equal(choose._order_by_score(s, descending), expected)
 
 
 def test_power_fills_uniformly_when_too_few_positive_scores():
