@@ -11,7 +11,7 @@ Metric names and directions (all float32 per example, keyed by ``example_id``):
 - ``loss``: the model's per-example loss (higher = harder).
 - ``el2n``: ``||softmax(z) - onehot(y)||_2`` (higher = harder).
 - ``grad_norm``: exact per-example gradient norm over all parameters (higher = more influential).
-- ``learnability``: ``loss - ref_loss`` with ``ref_loss`` from the reference model
+- ``learnability``: ``loss - ref_loss`` per example, ``ref_loss`` from the reference model
   (higher = learnable and not yet learnt); stores ``loss``, ``ref_loss`` and ``learnability``.
 - ``entropy``: predictive entropy (higher = less certain; needs no labels).
 - ``margin``: see ``selection.scores.margin`` (lower = closer to the decision boundary).
@@ -113,8 +113,7 @@ class BatchScorer:
         self._embed: Callable | None = None
         if EMBEDDING in self.metrics:
             if embed_layer is not None:
-                layer = model.get_submodule(embed_layer)
-                layer.register_forward_hook(lambda _m, _i, out: self._captured.append(out))
+                model.get_submodule(embed_layer).register_forward_hook(self._capture)
             elif callable(getattr(model, "embed", None)):
                 self._embed = model.embed
             else:
@@ -122,7 +121,7 @@ class BatchScorer:
                     f"{type(model).__name__} has no embed() method; name a layer whose output "
                     "is the embedding (--embed-layer, e.g. 'head')"
                 )
-        self._embed_layer = embed_layer
+        self._embed_layer = embed_layer if EMBEDDING in self.metrics else None
         # Imported here, not per batch, so a missing dependency is not blamed on the user's model.
         self._scores = (
             importlib.import_module("selection.scores")
@@ -132,6 +131,11 @@ class BatchScorer:
         self._grad_norms = None
         if "grad_norm" in self.metrics:
             self._grad_norms = importlib.import_module("selection.gradnorm").per_example_grad_norms
+
+    def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
+        # Only the inference forward's output is the embedding (not the grad_norm forward's).
+        if not self._captured:
+            self._captured.append(output)
 
     def __call__(self, x: Any, y: Any | None) -> dict[str, np.ndarray]:
         import torch
@@ -158,11 +162,12 @@ class BatchScorer:
             if "margin" in self.metrics:
                 out["margin"] = scores.margin(logits, y)
             if EMBEDDING in self.metrics:
-                emb = self._captured[-1] if self._embed is None else self._embed(x)
+                emb = self._captured[0] if self._embed is None else self._embed(x)
                 out[EMBEDDING] = emb.flatten(1)
                 out["embedding_norm"] = out[EMBEDDING].float().norm(dim=1)
         if self._grad_norms is not None:
             out["grad_norm"] = self._grad_norms(self.model, self.loss_fn, x, y)
+        self._captured.clear()
         result = {}
         for name, value in out.items():
             array = torch.as_tensor(value).detach().to("cpu")
