@@ -47,6 +47,18 @@ class ScoreStore:
         """The store's root path inside its filesystem."""
         return self._sfs.root
 
+    def close(self) -> None:
+        """Close the DuckDB connection (a later ``sql`` call opens a new one)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> ScoreStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"ScoreStore({self._sfs.root!r}, fs={type(self._sfs.fs).__name__})"
 

@@ -146,3 +146,10 @@ def test_uri_root_and_non_local_filesystem(tmp_path):
     assert sub.sql("SELECT sum(loss) AS s FROM trace")["s"][0].as_py() == pytest.approx(0.75)
     with pytest.raises(ReadOnlyQueryError):
         sub.sql("COPY (SELECT 1) TO 'x.csv'")
+
+
+def test_close_and_reopen_connection(tmp_path):
+    with ScoreStore(tmp_path / "s") as store:
+        store.write("r", "loss", [0, 1], [1.0, 2.0])
+        assert store.sql("SELECT sum(value) AS s FROM scores")["s"][0].as_py() == 3.0
+    assert store.sql("SELECT count(*) AS n FROM scores")["n"][0].as_py() == 2
