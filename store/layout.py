@@ -29,6 +29,7 @@ __all__ = [
     "StoreFS",
     "check_name",
     "check_nonnegative_int",
+    "parse_shard",
     "shard_filename",
 ]
 
