@@ -198,3 +198,30 @@ def test_unlabelled_parquet_allows_only_label_free_metrics(tmp_path):
         **args,
     )
     assert manifest["row_counts"] == {"entropy": 20}
+
+
+@pytest.mark.timeout(120)
+def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
+    """`--address` joins an existing Ray (here the session's) and leaves it running."""
+    import os
+    from pathlib import Path
+
+    x, y = make_arrays(300, seed=6)
+    data = write_parquet(tmp_path / "data", x, y)
+    address = ray_session.get_runtime_context().gcs_address
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [
+        sys.executable, "-m", "pipelines.score", "--data", str(data), "--feature-columns", "x",
+        "--model", f"{FIX}:mlp", "--store", str(tmp_path / "store"), "--run", "joined",
+        "--address", address, "--shard-size", "100",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "300 rows scored" in done.stderr and "rows/s" in done.stderr
+    assert ray_session.is_initialized() and ray_session.cluster_resources()["CPU"] == 2
+    store = ScoreStore(tmp_path / "store")
+    manifest = store.manifest("joined")
+    assert manifest["status"] == "complete" and "ray_start_s" in manifest["extra"]
+    loss, _ = _expected_loss(x, y)
+    np.testing.assert_allclose(store.read("joined", "loss")[0], loss, rtol=1e-5, atol=1e-6)
