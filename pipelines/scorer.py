@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.models import ModelSpec, load_model
+from pipelines.sources import ItemError
 
 __all__ = [
     "METRICS",
@@ -281,6 +282,8 @@ class ShardScorer:
                 batch = next(batches)
             except StopIteration:
                 break
+            except ItemError as exc:  # the user's dataset failed on an item
+                raise ShardError(spec.run, shard, exc.example_id, str(exc)) from exc
             except Exception as exc:  # the user's data failed: report it with its shard
                 raise ShardError(spec.run, shard, None, f"{type(exc).__name__}: {exc}") from exc
             try:

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipelines.models import import_object
 
-__all__ = ["Batch", "SourcePlan", "ParquetSource", "DatasetSource", "make_source"]
+__all__ = ["Batch", "SourcePlan", "ParquetSource", "DatasetSource", "ItemError", "make_source"]
 
 
 @dataclass
@@ -255,9 +255,25 @@ class DatasetSource:
         return _DatasetReader(self._build())
 
 
+class ItemError(RuntimeError):
+    """Reading an example failed; ``example_id`` names the first failing one (None if unknown)."""
+
+    def __init__(self, example_id: int | None, cause: BaseException):
+        self.example_id = example_id
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
 class _DatasetReader:
     def __init__(self, dataset: Any):
         self._dataset = dataset
+
+    def _first_failing(self, indices: Sequence[int]) -> int | None:
+        for index in indices:
+            try:
+                self._dataset[index]
+            except Exception:  # we only need to know which item fails
+                return index
+        return None
 
     def iter_batches(self, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
         from torch.utils.data import default_collate
@@ -265,7 +281,10 @@ class _DatasetReader:
         getitems = getattr(self._dataset, "__getitems__", None)
         for lo in range(start, stop, batch_size):
             indices = list(range(lo, min(lo + batch_size, stop)))
-            items = getitems(indices) if getitems else [self._dataset[i] for i in indices]
+            try:
+                items = getitems(indices) if getitems else [self._dataset[i] for i in indices]
+            except Exception as exc:  # the user's dataset failed: find which item
+                raise ItemError(self._first_failing(indices), exc) from exc
             ids = np.arange(indices[0], indices[-1] + 1, dtype=np.int64)
             if isinstance(items[0], (tuple, list)):
                 collated = default_collate(items)

@@ -19,6 +19,7 @@ from pipelines.toydata import MLP
 
 __all__ = [
     "BAD_MARKER",
+    "broken_dataset",
     "exploding_mlp",
     "make_arrays",
     "mlp",
@@ -43,6 +44,24 @@ def make_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def tensor_dataset(n: int = 300, seed: int = 0) -> torch.utils.data.TensorDataset:
     x, y = make_arrays(n, seed)
     return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+
+class _BrokenDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int, bad: int):
+        self.inner, self.bad = tensor_dataset(n), bad
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        if index == self.bad:
+            raise OSError(f"cannot decode item {index}")
+        return self.inner[index]
+
+
+def broken_dataset(n: int = 100, bad: int = 42) -> torch.utils.data.Dataset:
+    """``tensor_dataset(n)`` whose item ``bad`` cannot be read."""
+    return _BrokenDataset(n, bad)
 
 
 def write_parquet(

@@ -89,6 +89,16 @@ def test_score_command_reports_a_failing_model_with_exit_code_1(tmp_path, capsys
     assert "needs feature columns" in capsys.readouterr().err
 
 
+def test_unreadable_dataset_item_is_named(tmp_path):
+    import pipelines
+
+    source = pipelines.DatasetSource(f"{FIX}:broken_dataset", {"n": 100, "bad": 42})
+    with pytest.raises(pipelines.ShardError, match="shard 1 failed, first failing example_id 42"):
+        pipelines.score(source, f"{FIX}:mlp", store=tmp_path, run="r", shard_size=40,
+                        executor="inline", progress=False)  # fmt: skip
+    assert ScoreStore(tmp_path).completed_shards("r", "loss") == {0}
+
+
 def test_batch_scorer_learnability_and_margin_match_torch():
     model, reference = mlp(0).eval(), mlp(1).eval()
     from selection.losses import per_example_cross_entropy
