@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is steadier on a busy box)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 30)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 40, generator=gen)

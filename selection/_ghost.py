@@ -35,26 +35,27 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _matmul_sq_norm(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``||g_i^T a_i||_F^2`` per leading index; ``a`` ``[..., T, d_in]``, ``g`` ``[..., T, d_out]``.
+def _matmul_sq_norm(a: torch.Tensor, gt: torch.Tensor, batch: int) -> torch.Tensor:
+    """``||gt_n a_n||_F^2``, ``a`` ``[N, T, d_in]``, ``gt`` ``[N, d_out, T]``, summed per example.
 
-    Sums over all dimensions after the first (so ``[B, groups, T, d]`` sums over groups).
+    ``N = batch * groups`` (rows of one example are consecutive). Both operands may be
+    transposed views: 3-D batched matmul takes them without a copy.
     """
-    t, d_in, d_out = a.shape[-2], a.shape[-1], g.shape[-1]
+    t, d_in, d_out = a.shape[1], a.shape[2], gt.shape[1]
     if t == 1:
-        out = a.square().sum(-1) * g.square().sum(-1)
+        out = a.square().sum((1, 2)) * gt.square().sum((1, 2))
     elif 2 * t * t < d_in * d_out:
-        out = (a @ a.transpose(-1, -2)) * (g @ g.transpose(-1, -2))
+        out = ((a @ a.transpose(1, 2)) * (gt.transpose(1, 2) @ gt)).sum((1, 2))
     else:
-        out = (g.transpose(-1, -2) @ a).square()
-    return out.reshape(out.shape[0], -1).sum(1)
+        out = (gt @ a).square().sum((1, 2))
+    return out.reshape(batch, -1).sum(1)
 
 
 def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> SqNorms:
     b = x.shape[0]
     a = _acc(x).reshape(b, -1, module.in_features)
     g = _acc(g).reshape(b, -1, module.out_features)
-    out = {"weight": _matmul_sq_norm(a, g)}
+    out = {"weight": _matmul_sq_norm(a, g.transpose(1, 2), b)}
     if module.bias is not None:
         out["bias"] = g.sum(1).square().sum(1)
     return out
@@ -75,7 +76,9 @@ def _patches(x: torch.Tensor, kernel, dilation, stride) -> torch.Tensor:
     b, c = x.shape[:2]
     # [B, C, *T, *K] -> [B, *T, C, *K]
     perm = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    return x.permute(perm).reshape(b, -1, c * math.prod(kernel))
+    # contiguous(): with one channel the reshape is an overlapping view, which batched matmul
+    # would copy matrix by matrix.
+    return x.permute(perm).reshape(b, -1, c * math.prod(kernel)).contiguous()
 
 
 def _conv(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> SqNorms:
@@ -88,13 +91,14 @@ def _conv(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> Sq
     elif any(module.padding):
         x = F.pad(x, [p for p in reversed(module.padding) for _ in range(2)])
     b, groups = x.shape[0], module.groups
-    a = _patches(_acc(x), module.kernel_size, module.dilation, module.stride)
+    a = _patches(_acc(x), module.kernel_size, module.dilation, module.stride)  # [B, T, C*K]
     t = a.shape[1]
-    a = a.reshape(b, t, groups, -1).transpose(1, 2)
-    gg = _acc(g).reshape(b, groups, module.out_channels // groups, t).transpose(-1, -2)
-    out = {"weight": _matmul_sq_norm(a, gg)}
+    if groups > 1:
+        a = a.reshape(b, t, groups, -1).transpose(1, 2).reshape(b * groups, t, -1)
+    gt = _acc(g).reshape(b * groups, module.out_channels // groups, t)  # [B*groups, d_out, T]
+    out = {"weight": _matmul_sq_norm(a, gt, b)}
     if module.bias is not None:
-        out["bias"] = gg.sum(2).square().reshape(b, -1).sum(1)
+        out["bias"] = gt.sum(2).square().reshape(b, -1).sum(1)
     return out
 
 
