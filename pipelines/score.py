@@ -26,7 +26,6 @@ in this process without Ray (debugging, and the baseline of ``benchmarks/bench_s
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -36,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
+from pipelines.executors import run_inline, run_ray
 from pipelines.models import ModelSpec, describe_model
 from pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
 from pipelines.sources import DatasetSource, ParquetSource, make_source
@@ -164,9 +164,9 @@ def score(
     timings: dict[str, float] = {}
     try:
         if todo and executor == "inline":
-            _run_inline(spec, todo, todo_rows, progress, timings)
+            run_inline(spec, todo, todo_rows, progress, timings)
         elif todo:
-            _run_ray(
+            run_ray(
                 spec, todo, todo_rows, progress, timings,
                 address=address, actors=actors, cpus_per_actor=cpus_per_actor, num_cpus=num_cpus,
             )  # fmt: skip
@@ -292,151 +292,6 @@ def _completed_shards(scores: Any, spec: JobSpec) -> set[int]:
         shards = set(scores.completed_shards(spec.run, name))
         done = shards if done is None else done & shards
     return done or set()
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, unit="rows", unit_scale=True, desc="scoring", disable=not enabled,
-        dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
-    )  # fmt: skip
-
-
-def _run_inline(
-    spec: JobSpec, todo: list[int], todo_rows: int, progress: bool, timings: dict[str, float]
-) -> None:
-    from pipelines.scorer import ShardScorer
-
-    t0 = time.perf_counter()
-    scorer = ShardScorer(spec)
-    timings["startup_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with _progress_bar(todo_rows, progress) as bar:
-        for shard in todo:
-            bar.update(scorer.score_shard(shard))
-    timings["scoring_s"] = time.perf_counter() - t0
-
-
-def _resources(
-    ray: types.ModuleType, actors: int | None, cpus_per_actor: float | None, device: str
-) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU for Ray Data."""
-    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    gpus_per_actor = 0.0
-    if device != "cpu":
-        total_gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        if total_gpus < 1:
-            raise ValueError(f"device {device!r} requested but the Ray cluster has no GPU")
-        gpus_per_actor = 1.0
-        actors = actors or int(total_gpus)
-    if actors is None:
-        actors = max(1, min(int(total_cpus), 8))
-    _check_positive("actors", actors)
-    if cpus_per_actor is None:
-        cpus_per_actor = max(0.25, min(4.0, (total_cpus - 1.0) / actors))
-    if cpus_per_actor <= 0:
-        raise ValueError(f"cpus_per_actor must be > 0, got {cpus_per_actor}")
-    if cpus_per_actor * actors >= total_cpus:
-        raise ValueError(
-            f"{actors} actors x {cpus_per_actor} CPUs claim all {total_cpus:g} CPUs of the "
-            "cluster; Ray Data then deadlocks. Use fewer actors or a smaller cpus_per_actor."
-        )
-    return actors, cpus_per_actor, gpus_per_actor
-
-
-def _run_ray(
-    spec: JobSpec,
-    todo: list[int],
-    todo_rows: int,
-    progress: bool,
-    timings: dict[str, float],
-    *,
-    address: str | None,
-    actors: int | None,
-    cpus_per_actor: float | None,
-    num_cpus: int | None,
-) -> None:
-    import ray
-
-    from pipelines.scorer import ShardScorer
-
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        t0 = time.perf_counter()
-        if address is None:
-            # Quiet, telemetry-free local Ray unless the user configured otherwise.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
-        else:
-            ray.init(address=address, logging_level="ERROR")
-        timings["ray_start_s"] = time.perf_counter() - t0
-    try:
-        import ray.data
-
-        if own_ray:
-            # Our progress bar replaces Ray Data's own bars and per-dataset log lines.
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        n_actors, cpus, gpus = _resources(ray, actors, cpus_per_actor, spec.device)
-        n_actors = min(n_actors, len(todo))
-        shards = ray.data.from_items(
-            [{"shard": k} for k in todo], override_num_blocks=len(todo)
-        ).map_batches(
-            ShardScorer,
-            fn_constructor_kwargs={"spec": spec},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=cpus,
-            num_gpus=gpus,
-        )
-        t0 = time.perf_counter()
-        arrivals: list[tuple[float, int]] = []  # (seconds since start, cumulative rows)
-        with _progress_bar(todo_rows, progress) as bar:
-            for report in shards.iter_rows():
-                if report["error"]:
-                    error_id = int(report["error_id"])
-                    raise ShardError(
-                        spec.run,
-                        int(report["shard"]),
-                        None if error_id < 0 else error_id,
-                        str(report["error"]),
-                    )
-                rows = int(report["rows"])
-                arrivals.append(
-                    (time.perf_counter() - t0, rows + (arrivals[-1][1] if arrivals else 0))
-                )
-                bar.update(rows)
-        timings["scoring_s"] = time.perf_counter() - t0
-        timings["first_shard_s"] = arrivals[0][0]
-        timings.update(_steady_rate(arrivals, timings["scoring_s"]))
-    finally:
-        if own_ray:
-            ray.shutdown()
-
-
-def _steady_rate(arrivals: list[tuple[float, int]], total_s: float) -> dict[str, float]:
-    """Rows/s after the first quarter of the rows landed, and the fixed cost it implies.
-
-    Actor start-up (a Python process importing torch and building the model) is a fixed cost
-    per job; the rate over the last three quarters of the rows excludes it, and
-    ``startup_overhead_s = total - rows / rate`` estimates it.
-    """
-    total_rows = arrivals[-1][1]
-    start = next((t, r) for t, r in arrivals if r >= total_rows / 4)
-    if total_s - start[0] <= 0 or total_rows <= start[1]:
-        return {}
-    rate = (total_rows - start[1]) / (total_s - start[0])
-    return {"steady_rows_per_s": rate, "startup_overhead_s": max(0.0, total_s - total_rows / rate)}
 
 
 class _CallableModule(types.ModuleType):
