@@ -82,7 +82,11 @@ class ParquetSource:
         }
 
     def plan(self) -> SourcePlan:
-        """Check the schema and the ids (integers >= 0, unique); count rows."""
+        """Check the schema and the ids (integers >= 0, unique); count rows.
+
+        Reads the id column of every file on the driver: 8 bytes per row (0.8 GB at 10^8
+        rows) plus a sort, a small cost next to scoring them.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -202,17 +202,17 @@ def test_unlabelled_parquet_allows_only_label_free_metrics(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
-    """`--address` joins an existing Ray (here the session's) and leaves it running."""
+    """`--address` joins an existing Ray (here the session's) and leaves it running; the data
+    is a map-style Dataset built by a factory inside each actor."""
     import os
     from pathlib import Path
 
-    x, y = make_arrays(300, seed=6)
-    data = write_parquet(tmp_path / "data", x, y)
+    x, y = make_arrays(300, seed=0)  # = tensor_dataset(300): a map-style Dataset source
     address = ray_session.get_runtime_context().gcs_address
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [
-        sys.executable, "-m", "pipelines.score", "--data", str(data), "--feature-columns", "x",
+        sys.executable, "-m", "pipelines.score", "--data", f"{FIX}:tensor_dataset",
         "--model", f"{FIX}:mlp", "--store", str(tmp_path / "store"), "--run", "joined",
         "--address", address, "--shard-size", "100",
     ]  # fmt: skip
