@@ -58,18 +58,6 @@ def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
     return items
 
 
-def _check_batchnorm(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-            module.training or module.running_mean is None
-        ):
-            raise ValueError(
-                f"per-example gradients are undefined with {type(module).__name__} {name!r} "
-                "using batch statistics (train mode or track_running_stats=False): they couple "
-                "the examples of a batch; call model.eval() or use GroupNorm/LayerNorm"
-            )
-
-
 def _check_losses(losses, batch: int) -> torch.Tensor:
     if not isinstance(losses, torch.Tensor):
         raise TypeError(f"loss_fn must return a tensor, got {type(losses).__name__}")
@@ -81,30 +69,43 @@ def _check_losses(losses, batch: int) -> torch.Tensor:
     return losses
 
 
-def _plan(model: nn.Module, names: set[str]) -> tuple[dict[nn.Module, _Capture], set[str]]:
-    """Split trainable parameters into ghost-hooked modules and names for the fallback."""
+def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], set[str]]:
+    """One walk over the modules: trainable parameter names (in ``named_parameters`` order),
+    ghost-hooked modules, and names for the fallback. Refuses batch-statistics BatchNorm."""
+    trainable: list[str] = []
+    seen: dict[int, str] = {}
     owners: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
+    own_by_module = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.training or module.running_mean is None
+        ):
+            raise ValueError(
+                f"per-example gradients are undefined with {type(module).__name__} {prefix!r} "
+                "using batch statistics (train mode or track_running_stats=False): they couple "
+                "the examples of a batch; call model.eval() or use GroupNorm/LayerNorm"
+            )
+        own, ids = {}, []
+        for attr, p in module.named_parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
+            ids.append(id(p))
+            if id(p) in seen or not p.requires_grad:
+                continue  # a shared parameter is named (and counted) once, as named_parameters
+            seen[id(p)] = name = f"{prefix}.{attr}" if prefix else attr
+            trainable.append(name)
+            own[attr] = (name, p)
+        if own:
+            own_by_module.append((module, own, ids))
     captures: dict[nn.Module, _Capture] = {}
     fallback: set[str] = set()
-    for prefix, module in model.named_modules():
-        own = {
-            attr: f"{prefix}.{attr}" if prefix else attr
-            for attr, p in module.named_parameters(recurse=False)
-            if p.requires_grad
-        }
-        own = {a: n for a, n in own.items() if n in names}
-        if not own:
-            continue
+    for module, own, ids in own_by_module:
         rule = rule_for(module)
-        shared = any(owners[id(p)] > 1 for p in module.parameters(recurse=False))
+        shared = any(owners[i] > 1 for i in ids)
         if rule is None or shared or set(own) - {"weight", "bias"}:
-            fallback.update(own.values())
+            fallback.update(name for name, _ in own.values())
             continue
-        captures[module] = _Capture(rule=rule, names=own)
-    return captures, fallback
+        captures[module] = _Capture(rule=rule, names={a: name for a, (name, _) in own.items()})
+    return trainable, captures, fallback
 
 
 def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
@@ -246,15 +247,13 @@ def per_example_grad_norms(
             raise ValueError(f"inputs[{i}] has batch size {x.shape[0]}, inputs[0] has {batch}")
     if isinstance(targets, torch.Tensor) and (targets.ndim == 0 or targets.shape[0] != batch):
         raise ValueError(f"targets must have batch size {batch}, got shape {tuple(targets.shape)}")
-    _check_batchnorm(model)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    trainable, captures, fallback = _plan(model)
     if not trainable:
         raise ValueError("model has no parameters with requires_grad=True")
 
     if method == "vmap":
         sq, fallback = {}, set(trainable)
     else:
-        captures, fallback = _plan(model, set(trainable))
         sq = _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback)
         if fallback and method == "ghost":
             raise ValueError(
