@@ -6,6 +6,7 @@ Only argparse happens at import time; Ray and torch are imported inside the comm
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["register"]
@@ -120,6 +121,11 @@ def _job_kwargs(args: argparse.Namespace) -> dict:
 
 def _run_job(args: argparse.Namespace, **extra) -> int:
     from pipelines.score import ShardError, score
+
+    # `module:factory` names resolve against the working directory, as with `python -m` (the
+    # `winnow` script itself does not put it on sys.path); Ray workers get it from Ray.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     try:
         score(args.data, args.model, **_job_kwargs(args), **extra)

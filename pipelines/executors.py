@@ -37,7 +37,9 @@ def run_inline(
     spec: JobSpec, todo: list[int], todo_rows: int, progress: bool, timings: dict[str, float]
 ) -> None:
     t0 = time.perf_counter()
-    scorer = ShardScorer(spec)
+    scorer = ShardScorer(spec, report_setup_errors=True)
+    if scorer.setup_error:
+        raise ShardError(spec.run, todo[0], None, scorer.setup_error)
     timings["startup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with _progress_bar(todo_rows, progress) as bar:
@@ -119,7 +121,7 @@ def run_ray(
             [{"shard": k} for k in todo], override_num_blocks=len(todo)
         ).map_batches(
             ShardScorer,
-            fn_constructor_kwargs={"spec": spec},
+            fn_constructor_kwargs={"spec": spec, "report_setup_errors": True},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),

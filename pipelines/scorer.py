@@ -220,13 +220,32 @@ class ShardScorer:
 
     Report columns: ``shard``, ``rows``, ``seconds``, ``error`` (the cause; "" when committed),
     ``error_id`` (first failing ``example_id``, -1 if unknown). A failing user model is reported,
-    not raised, so the driver can name the shard and id in one clear error.
+    not raised, so the driver can name the shard and id in one clear error; with
+    ``report_setup_errors``, so is a failure to build the model or the data reader.
     """
 
-    def __init__(self, spec: JobSpec):
+    def __init__(self, spec: JobSpec, *, report_setup_errors: bool = False):
+        self.spec = spec
+        self._setup_error = ""
+        if not report_setup_errors:
+            self._setup()
+            return
+        try:
+            self._setup()
+        except Exception as exc:  # reported with every shard, so the driver names the cause
+            self._setup_error = (
+                f"could not build the model or data reader: {type(exc).__name__}: {exc}"
+            )
+
+    @property
+    def setup_error(self) -> str:
+        """Why building the model or data reader failed ("" if it did not)."""
+        return self._setup_error
+
+    def _setup(self) -> None:
         from store import ScoreStore
 
-        self.spec = spec
+        spec = self.spec
         model, loss_fn = load_model(spec.model, spec.device)
         reference = ref_loss = None
         if spec.reference is not None:
@@ -248,6 +267,9 @@ class ShardScorer:
         reports = []
         for shard in np.asarray(batch["shard"]).tolist():
             started = time.perf_counter()
+            if self.setup_error:
+                reports.append((shard, 0, 0.0, self.setup_error, -1))
+                continue
             try:
                 rows = self.score_shard(int(shard))
                 error, error_id = "", -1

@@ -139,6 +139,19 @@ def test_failing_model_names_shard_and_id_and_keeps_other_shards(ray_session, tm
     np.testing.assert_allclose(values, loss, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("executor", ["ray", "inline"])
+def test_model_that_cannot_be_built_is_a_clear_shard_error(ray_session, tmp_path, executor):
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "other.pt")
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 200})
+    with pytest.raises(ShardError, match="(?s)could not build the model.*Missing key"):
+        pipelines.score(
+            source, f"{FIX}:mlp", checkpoint=str(tmp_path / "other.pt"), store=tmp_path / "s",
+            run="r", shard_size=100, executor=executor, progress=False,
+        )  # fmt: skip
+    assert ScoreStore(tmp_path / "s").manifest("r")["status"] == "failed"
+
+
 def test_resume_rescores_only_missing_shards_and_checks_identity(tmp_path):
     args = dict(
         store=tmp_path / "store", run="r", shard_size=100, executor="inline", progress=False
