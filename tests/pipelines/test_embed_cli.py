@@ -133,3 +133,23 @@ def test_embedding_needs_embed_method_or_layer():
 
     with pytest.raises(ValueError, match="no embed\\(\\) method"):
         BatchScorer(sequential_net(), per_example_cross_entropy, ("embedding",))
+
+
+def test_winnow_script_finds_factories_in_the_working_directory(tmp_path):
+    """The `winnow` console script, unlike `python -m`, does not put the CWD on sys.path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "my_models.py").write_text(
+        "from pipelines.toydata import MLP\n\ndef build():\n    return MLP(40, 8)\n"
+    )
+    write_parquet(tmp_path / "data", *make_arrays(30))
+    winnow = Path(sys.executable).with_name("winnow")
+    done = subprocess.run(
+        [str(winnow), "score", "--data", "data", "--feature-columns", "x",
+         "--model", "my_models:build", "--store", "store", "--run", "r", "--executor", "inline"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ScoreStore(tmp_path / "store").manifest("r")["row_counts"] == {"loss": 30}
