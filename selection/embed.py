@@ -203,15 +203,19 @@ def _centroid_distance(x: np.ndarray, assignment: np.ndarray) -> np.ndarray:
 
 
 def _max_sim_to_earlier(e: torch.Tensor, block: int) -> torch.Tensor:
-    """For unit rows ``e`` ``[m, D]`` (in order), ``max_{i<j} e_i . e_j`` per ``j``, blockwise."""
+    """For unit rows ``e`` ``[m, D]`` (in order), ``max_{i<j} e_i . e_j`` per ``j``, blockwise.
+
+    Row block ``[start, stop)`` is compared with columns ``[0, stop)`` only (no work above the
+    block's diagonal), and only its square diagonal part needs the ``i < j`` mask.
+    """
     m = e.shape[0]
     out = torch.full((m,), float("-inf"), dtype=torch.float32)
-    for start in range(1, m, block):
+    upper = torch.ones(block, block, dtype=torch.bool).triu_()  # i >= j within a block
+    for start in range(0, m, block):
         stop = min(m, start + block)
         sim = e[start:stop] @ e[:stop].T  # [rows, stop]
-        cols = torch.arange(stop).unsqueeze(0)
-        rows = torch.arange(start, stop).unsqueeze(1)
-        sim.masked_fill_(cols >= rows, float("-inf"))
+        rows = stop - start
+        sim[:, start:stop].masked_fill_(upper[:rows, :rows], float("-inf"))
         out[start:stop] = sim.max(dim=1).values
     return out
 
@@ -224,7 +228,7 @@ def semdedup(
     distance=None,
     keep: str = "hard",
     max_cluster_size: int = 20000,
-    block_size: int = 4096,
+    block_size: int = 512,
     rng: np.random.Generator | None = None,
 ) -> SemDeDupResult:
     """Mark semantic near-duplicates within clusters (see the module docstring).
