@@ -36,6 +36,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 def run_inline(
     spec: JobSpec, todo: list[int], todo_rows: int, progress: bool, timings: dict[str, float]
 ) -> None:
+    """Score ``todo`` one shard after another in this process (no Ray); stops at a failure."""
     t0 = time.perf_counter()
     scorer = ShardScorer(spec, report_setup_errors=True)
     if scorer.setup_error:
@@ -88,6 +89,11 @@ def run_ray(
     cpus_per_actor: float | None,
     num_cpus: int | None,
 ) -> None:
+    """Score ``todo`` on an actor pool: one ``ShardScorer`` per actor, one shard per call.
+
+    The driver only consumes one small report row per committed shard (progress, timings) and
+    raises ``ShardError`` for the first failed one; in-flight shards may still commit.
+    """
     import ray
 
     own_ray = not ray.is_initialized()

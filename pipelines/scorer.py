@@ -191,7 +191,11 @@ class ShardError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything an actor needs, picklable: where data, models and the store are."""
+    """Everything an actor needs, picklable: where data, models and the store are.
+
+    ``source`` is a ``ParquetSource`` or ``DatasetSource``; ``num_rows`` its row count. Shards
+    are ``shard_size`` consecutive row positions, so the same spec always cuts the same shards.
+    """
 
     source: Any
     model: ModelSpec
