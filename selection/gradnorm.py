@@ -17,6 +17,10 @@ modules called more than once per forward, parameters shared between modules, an
 ``forward`` was bypassed (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly).
 Squared norms of disjoint parameter sets add, so the two passes combine exactly.
 
+The rules assume each hooked layer sees the batch on dim 0; a layer whose input or output has
+another leading size (a sequence-first layout) goes to the fallback. (If the sequence length
+equals the batch size this cannot be told apart: keep the batch first, as ``batch_first=True``.)
+
 Train-mode BatchNorm (or BatchNorm without running statistics) couples the examples of a batch;
 per-example gradients are then undefined and a ``ValueError`` says so. Dropout draws one mask in
 the ghost pass and independent masks per example in the fallback: score in ``model.eval()``
@@ -117,6 +121,8 @@ def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> d
         if cap.calls > 1 or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
         x = args[0].detach()
+        if x.ndim == 0 or x.shape[0] != batch or output.shape[0] != batch:
+            return  # batch not on dim 0 (e.g. sequence-first layout): left to the fallback
         cap.output, cap.version = output, output._version
 
         def tensor_hook(grad):

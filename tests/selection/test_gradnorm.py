@@ -165,6 +165,30 @@ def test_reused_modules_and_tied_weights_stay_exact():
     assert _max_rel(ghost, ref) < RTOL
 
 
+class _SequenceFirst(nn.Module):
+    """Linear layers applied to a [T, B, D] (sequence-first) tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 8)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):  # x [B, T, 3]
+        h = torch.tanh(self.mid(self.inp(x).transpose(0, 1)))  # [T, B, 8]
+        return self.out(h.mean(0))
+
+
+def test_layers_seeing_the_batch_elsewhere_fall_back_and_stay_exact():
+    torch.manual_seed(0)
+    model = _SequenceFirst()
+    x, y = torch.randn(6, 5, 3), torch.randint(0, 4, (6,))
+    with pytest.raises(ValueError, match="mid.weight"):
+        per_example_grad_norms(model, ce, x, y, method="ghost")
+    ghost = per_example_grad_norms(model, ce, x, y)
+    assert _max_rel(ghost, per_example_grad_norms(model, ce, x, y, method="vmap")) < RTOL
+
+
 def test_frozen_parameters_are_excluded_and_grads_untouched():
     torch.manual_seed(0)
     model = MLP()
