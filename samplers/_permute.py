@@ -3,8 +3,9 @@
 A plain Fisher-Yates shuffle of 10^8 ids is bound by cache misses (~30 ns per id here). These
 functions use the Rao-Sandelius method instead, which is *exactly* uniform: every id gets an
 independent uniform bucket out of 256 (a stable counting sort moves them, streaming through
-memory), then each bucket, small enough for the cache, is shuffled with an exact Fisher-Yates
-permutation (``torch.randperm``). All randomness comes from the caller's ``np.random.Generator``,
+memory), then each bucket, small enough for the cache, is shuffled in place with numpy's exact
+Fisher-Yates (serial on purpose: torch.randperm is multi-threaded and ~10x slower when the cores
+are busy, as they are in training). All randomness comes from the caller's ``np.random.Generator``,
 so a plan is a pure function of the generator's seed. Memory: the result plus one scratch array
 of the same size (4 bytes per id each with int32 ids).
 """
@@ -15,7 +16,6 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 __all__ = ["index_dtype", "permutation", "permuted", "permuted_nonzero", "choose_in_mask"]
 
@@ -29,14 +29,10 @@ def index_dtype(num_examples: int) -> np.dtype:
     return np.dtype(np.int32) if num_examples <= np.iinfo(np.int32).max else np.dtype(np.int64)
 
 
-def _torch_generator(rng: np.random.Generator) -> torch.Generator:
-    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
-
-
 def _shuffle_small(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    perm = torch.randperm(len(values), generator=_torch_generator(rng), dtype=torch.int32)
-    perm = perm.numpy()
-    return values[perm]
+    out = values.copy()
+    rng.shuffle(out)
+    return out
 
 
 def _rao_sandelius(
@@ -58,7 +54,6 @@ def _rao_sandelius(
     chunk_start = np.concatenate([[0], np.cumsum(per_chunk.sum(axis=1))[:-1]])
     bucket_start = np.cumsum(per_chunk, axis=1) - per_chunk  # offset of bucket b in chunk j
     out = np.empty(total, dtype=dtype)
-    gen = _torch_generator(rng)
     o = 0
     for b in range(_BUCKETS):
         n = int(per_chunk[:, b].sum())
@@ -70,7 +65,7 @@ def _rao_sandelius(
         ]
         seg = out[o : o + n]
         np.concatenate(pieces, out=seg)
-        seg[:] = seg[torch.randperm(n, generator=gen, dtype=torch.int32).numpy()]
+        rng.shuffle(seg)
         o += n
     return out
 

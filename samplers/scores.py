@@ -187,17 +187,25 @@ class ScoreTable:
 
     def seed(self, values: Any, ids: Any = None) -> None:
         """Set scores from a stored run: ``values [N]`` aligned by example_id, or ``values [M]``
-        for ``ids [M]``. NaN entries mean "no score" and are skipped. Pending feedback is kept."""
-        values = np.asarray(values, dtype=np.float64)
-        if values.ndim != 1:
-            raise ValueError(f"values must be 1-D, got shape {values.shape}")
+        for ``ids [M]``. NaN entries mean "no score" and are skipped. Pending feedback is kept.
+        ``ScoreStore.read(run, metric)[0]`` is such an aligned array."""
+        values = np.asarray(values)
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
+            raise ValueError(
+                f"values must be a 1-D numeric array, got {values.dtype} {values.shape}"
+            )
+        if np.isinf(values).any():
+            raise ValueError("values must be finite or NaN (missing), got inf")
+        have = ~np.isnan(values)
         if ids is None:
             if len(values) != self._n:
                 raise ValueError(
                     f"values has {len(values)} entries but the table has {self._n} examples; "
                     "pass ids= for a partial seed"
                 )
-            ids = np.arange(self._n)
+            self._values[have] = values[have]
+            self._seen |= have
+            return
         ids = np.asarray(ids)
         if ids.shape != values.shape or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
@@ -206,9 +214,6 @@ class ScoreTable:
             )
         if len(ids) and (ids.min() < 0 or ids.max() >= self._n):
             raise ValueError(f"ids must be in [0, {self._n}), got range [{ids.min()}, {ids.max()}]")
-        if np.isinf(values).any():
-            raise ValueError("values must be finite or NaN (missing), got inf")
-        have = ~np.isnan(values)
         self._values[ids[have]] = values[have]
         self._seen[ids[have]] = True
 
