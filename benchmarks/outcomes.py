@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep the first seed's scores and InfoBatch trace in this score store "
         "(for `winnow report`)",
     )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        help="no training: re-summarise a saved outcomes JSON (e.g. with another --target-frac)",
+    )
     p.add_argument("--tag", help="output name suffix (default: 'quick' with --quick, else none)")
     return p
 
@@ -106,6 +111,7 @@ def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
 
 
@@ -193,6 +199,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return doc
 
 
+def resummarise(doc: dict, target_frac: float) -> dict:
+    """Recompute every model's summary of a saved document at ``target_frac``."""
+    from benchmarks._outcomes_summary import summarise
+
+    doc["config"]["target_frac"] = target_frac
+    for entry in doc["models"].values():
+        entry["summary"] = summarise(entry["runs"], target_frac)
+    return doc
+
+
 def write_outputs(doc: dict, out: Path, tag: str) -> dict[str, Path]:
     """JSON, Markdown and one PNG per model; returns their paths."""
     from benchmarks._outcomes_methods import METHODS
@@ -223,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         args = _resolve(parser.parse_args(argv))
     except ValueError as exc:
         parser.error(str(exc))
-    doc = run_benchmark(args)
+    if args.from_json:
+        doc = resummarise(json.loads(args.from_json.read_text()), args.target_frac)
+    else:
+        doc = run_benchmark(args)
     paths = write_outputs(doc, args.out, args.tag)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -56,7 +56,11 @@ def histogram_grid(hists: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     for ax, (name, (edges, counts)) in zip(axes.flat, hists.items(), strict=False):
         widths = np.diff(edges)
         ax.bar(edges[:-1], counts, width=widths, align="edge", color=_BLUE, edgecolor="white")
-        ax.set_title(name, fontsize=10)
+        if counts.max() > 0.5 * counts.sum():
+            # one bin holds most rows (e.g. the losses of a trained model): show the rest too
+            ax.set_yscale("log")
+            name += " (log y)"
+        ax.set_title(name, fontsize=9)
         ax.set_ylabel("examples", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(hists) :]:
@@ -65,10 +69,16 @@ def histogram_grid(hists: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
 
 
 def scatter(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str) -> str:
-    """A scatter of paired scores (``x``, ``y``: float [M], a capped sample)."""
+    """A scatter of paired scores (``x``, ``y``: float [M], a capped sample); the axes span the
+    0.5-99.5 % range of the sample, so a few outliers do not hide the bulk."""
     fig = _figure(4.6, 3.6)
     ax = fig.subplots()
     ax.scatter(x, y, s=4, alpha=0.35, color=_BLUE, linewidths=0)
+    if len(x) > 1:
+        for values, set_lim in ((x, ax.set_xlim), (y, ax.set_ylim)):
+            lo, hi = np.quantile(values, [0.005, 0.995])
+            pad = 0.05 * (hi - lo) or 0.5
+            set_lim(lo - pad, hi + pad)
     ax.axhline(0.0, color="grey", linewidth=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

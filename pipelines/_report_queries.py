@@ -59,6 +59,8 @@ def metric_summary(store: Any, run: str) -> list[dict]:
                    min(value) FILTER (WHERE isfinite(value)) AS lo,
                    avg(value) FILTER (WHERE isfinite(value)) AS mean,
                    max(value) FILTER (WHERE isfinite(value)) AS hi,
+                   approx_quantile(value, 0.005) FILTER (WHERE isfinite(value)) AS q_lo,
+                   approx_quantile(value, 0.995) FILTER (WHERE isfinite(value)) AS q_hi,
                    bool_and(value = floor(value)) FILTER (WHERE isfinite(value)) AS integral
             FROM scores WHERE run = {_lit(run)} GROUP BY metric ORDER BY metric""",
     )

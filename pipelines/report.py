@@ -43,7 +43,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "—" if not np.isfinite(value) else f"{value:.4g}"
+        return "—" if not np.isfinite(value) else f"{value + 0.0:.4g}"  # + 0.0: no "-0"
     if value is None:
         return "—"
     return html.escape(str(value))
@@ -67,8 +67,15 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
     dups = [s for s in finite if "dup" in s["metric"]]
     plain = [s for s in finite if s not in clusters and s not in dups]
     if plain:
-        hists = {s["metric"]: q.histogram(store, run, s["metric"], s["lo"], s["hi"]) for s in plain}
+        # 0.5-99.5 % range: heavy-tailed scores (losses) would otherwise fill a single bin
+        hists = {
+            s["metric"]: q.histogram(store, run, s["metric"], s["q_lo"], s["q_hi"]) for s in plain
+        }
         parts.append(_img(figures.histogram_grid(hists), f"score histograms of {run}"))
+        parts.append(
+            "<p class='note'>Histograms span each metric's 0.5–99.5 % range; the tails are "
+            "counted in the end bins.</p>"
+        )
     names = {s["metric"] for s in finite}
     loss = next((n for n in _LOSS_NAMES if n in names), None)
     for learn in sorted(n for n in names if "learnability" in n):
@@ -85,7 +92,7 @@ def _scores_section(store: Any, run: str, top_k: int) -> str:
         for s in plain:
             for label, desc in (("highest", True), ("lowest", False)):
                 ext = q.extremes(store, run, s["metric"], top_k, desc)
-                cells = [f"{r['example_id']} ({r['value']:.4g})" for r in ext]
+                cells = [f"{r['example_id']} ({r['value'] + 0.0:.4g})" for r in ext]
                 rows.append([s["metric"], label, ", ".join(cells)])
         parts.append(_table(["metric", "end", "example_id (value)"], rows))
     for s in clusters:
@@ -227,5 +234,6 @@ def write_report(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-report-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(page)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
     os.replace(tmp, out)
     return out
