@@ -3,10 +3,11 @@
     python -m benchmarks.bench_choose            # n = 10^8 (400 MB of scores), k = n/10
     python -m benchmarks.bench_choose --quick    # n = 10^7
 
-For each chooser: seconds (median of ``--repeats``), the ratio to ``np.argpartition(s, n - k)``
-(the bare selection every top-k needs; the choosers also order the chosen block and resolve
-ties by position), and the peak of extra memory it allocated (tracemalloc, which sees numpy's
-buffers). The process's peak RSS goes in the JSON too. Results: benchmarks/results/bench_choose.json
+For each chooser: seconds (minimum of ``--repeats``; the box is shared), the ratio to
+``np.argpartition(s, n - k)`` (the bare selection every top-k needs; the choosers also order the
+chosen block and resolve ties by position), and the peak of extra memory it allocated
+(tracemalloc, which sees numpy's buffers). The process's peak RSS goes in the JSON too.
+Results: benchmarks/results/bench_choose.json
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -31,7 +31,8 @@ RESULTS = Path(__file__).parent / "results" / "bench_choose.json"
 
 
 def _measure(fn: Callable[[], object], repeats: int) -> tuple[float, int]:
-    """Median seconds and peak traced bytes allocated during one call."""
+    """Minimum seconds over ``repeats`` (load from other processes only adds time) and the
+    peak traced bytes allocated during one call."""
     times, peak = [], 0
     for _ in range(repeats):
         tracemalloc.start()
@@ -40,7 +41,7 @@ def _measure(fn: Callable[[], object], repeats: int) -> tuple[float, int]:
         times.append(time.perf_counter() - start)
         peak = max(peak, tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    return statistics.median(times), peak
+    return min(times), peak
 
 
 def main(argv: list[str] | None = None) -> dict:
