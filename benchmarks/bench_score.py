@@ -18,8 +18,11 @@ the Ray job: rows/s over the whole job (includes the actors' start-up: a process
 torch and building the model), the steady rate after the first quarter of the rows, and the
 fixed costs: ``ray.init`` (paid once per job by the embedded default) and the start-up overhead
 implied by the steady rate. ``ratio`` = steady Ray rows/s / baseline rows/s (target >= 0.8,
-start-up excluded); ``ratio_with_startup`` uses the whole-job rate. Best of ``--repeats``
-interleaved runs. Results: ``benchmarks/results/bench_score.json``.
+start-up excluded); ``ratio_with_startup`` uses the whole-job rate. Because other processes
+on a shared 2-core machine distort wall-clock rates, CPU cost is reported too: rows per CPU
+second of the actors (their shard calls) against the 1-thread in-process loop
+(``cpu_efficiency``; 1.0 = Ray adds no CPU per row). Best of ``--repeats`` interleaved runs.
+Results: ``benchmarks/results/bench_score.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def _job(
         "first_shard_s": extra.get("first_shard_s"),
         "startup_overhead_s": extra.get("startup_overhead_s"),
         "scoring_s": extra["scoring_s"],
+        "rows_per_cpu_s": round(extra["rows_scored"] / extra["scoring_cpu_s"], 1),
     }
 
 
@@ -167,6 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "ray_startup_overhead_s": round(ray_job["startup_overhead_s"] or 0, 2),
                         "ratio_with_startup": round(ray_job["rows_per_s"] / baseline, 3),
                         "ratio": round(steady / baseline, 3),
+                        "inline_1thread_rows_per_cpu_s": best["inline_1thread"]["rows_per_cpu_s"],
+                        "ray_actor_rows_per_cpu_s": ray_job["rows_per_cpu_s"],
+                        "cpu_efficiency": round(
+                            ray_job["rows_per_cpu_s"] / best["inline_1thread"]["rows_per_cpu_s"], 3
+                        ),
                         "all": runs,
                     }
                 )
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("start-up s", "ray_startup_overhead_s", ">11", ".1f"),
         ("ratio", "ratio", ">7", ".2f"),
         ("w/ start-up", "ratio_with_startup", ">12", ".2f"),
+        ("rows/cpu-s ratio", "cpu_efficiency", ">17", ".2f"),
     ]
     print("".join(f"{title:{align}}" for title, _, align, _ in cols) + "   (rows/s)")
     for row in results["jobs"]:

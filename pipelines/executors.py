@@ -42,11 +42,12 @@ def run_inline(
     if scorer.setup_error:
         raise ShardError(spec.run, todo[0], None, scorer.setup_error)
     timings["startup_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with _progress_bar(todo_rows, progress) as bar:
         for shard in todo:
             bar.update(scorer.score_shard(shard))
     timings["scoring_s"] = time.perf_counter() - t0
+    timings["scoring_cpu_s"] = time.process_time() - cpu0
 
 
 def _resources(
@@ -136,6 +137,7 @@ def run_ray(
         )
         t0 = time.perf_counter()
         arrivals: list[tuple[float, int]] = []  # (seconds since start, cumulative rows)
+        cpu_s = 0.0
         with _progress_bar(todo_rows, progress) as bar:
             for report in shards.iter_rows():
                 if report["error"]:
@@ -150,8 +152,10 @@ def run_ray(
                 arrivals.append(
                     (time.perf_counter() - t0, rows + (arrivals[-1][1] if arrivals else 0))
                 )
+                cpu_s += float(report["cpu_seconds"])
                 bar.update(rows)
         timings["scoring_s"] = time.perf_counter() - t0
+        timings["scoring_cpu_s"] = cpu_s  # summed over the actors' shard calls
         timings["first_shard_s"] = arrivals[0][0]
         timings.update(_steady_rate(arrivals, timings["scoring_s"]))
     finally:

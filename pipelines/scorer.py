@@ -222,7 +222,8 @@ class JobSpec:
 class ShardScorer:
     """Ray Data actor: ``{"shard": int64 [k]}`` in, one report row per shard out.
 
-    Report columns: ``shard``, ``rows``, ``seconds``, ``error`` (the cause; "" when committed),
+    Report columns: ``shard``, ``rows``, ``seconds`` (wall), ``cpu_seconds`` (this process's CPU
+    time, all threads), ``error`` (the cause; "" when committed),
     ``error_id`` (first failing ``example_id``, -1 if unknown). A failing user model is reported,
     not raised, so the driver can name the shard and id in one clear error; with
     ``report_setup_errors``, so is a failure to build the model or the data reader.
@@ -270,9 +271,9 @@ class ShardScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports = []
         for shard in np.asarray(batch["shard"]).tolist():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             if self.setup_error:
-                reports.append((shard, 0, 0.0, self.setup_error, -1))
+                reports.append((shard, 0, 0.0, 0.0, self.setup_error, -1))
                 continue
             try:
                 rows = self.score_shard(int(shard))
@@ -280,12 +281,15 @@ class ShardScorer:
             except ShardError as exc:
                 rows, error = 0, exc.cause
                 error_id = -1 if exc.example_id is None else exc.example_id
-            reports.append((shard, rows, time.perf_counter() - started, error, error_id))
-        shards, rows, seconds, errors, error_ids = zip(*reports, strict=True)
+            seconds = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+            reports.append((shard, rows, seconds, cpu, error, error_id))
+        shards, rows, seconds, cpu, errors, error_ids = zip(*reports, strict=True)
         return {
             "shard": np.asarray(shards, dtype=np.int64),
             "rows": np.asarray(rows, dtype=np.int64),
             "seconds": np.asarray(seconds, dtype=np.float64),
+            "cpu_seconds": np.asarray(cpu, dtype=np.float64),
             "error": np.asarray(errors, dtype=object),
             "error_id": np.asarray(error_ids, dtype=np.int64),
         }
