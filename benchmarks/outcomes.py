@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise fraction")
     p.add_argument("--ratio", type=float, default=0.3, help="RS2 / static subsets kept fraction")
+    p.add_argument(
+        "--il-epochs",
+        type=int,
+        help="epochs of each twin irreducible-loss model (RHO-LOSS, JEST); default epochs // 4",
+    )
+    p.add_argument("--el2n-runs", type=int, default=3, help="EL2N scoring runs averaged")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--target-frac", type=float, default=0.98)
@@ -95,6 +101,10 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     bad_models = [m for m in args.models if m not in ("cnn", "mlp")]
     if bad_models or not args.models:
         raise ValueError(f"models must be a non-empty subset of cnn, mlp, got {args.models}")
+    if (args.il_epochs is not None and args.il_epochs < 1) or args.el2n_runs < 1:
+        raise ValueError(
+            f"il-epochs and el2n-runs must be >= 1, got {args.il_epochs}, {args.el2n_runs}"
+        )
     if args.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {args.seeds}")
     if not 0.0 < args.target_frac <= 1.0:
@@ -125,7 +135,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    cfg = MethodConfig.for_recipe(args.epochs, ratio=args.ratio)
+    overrides = {"ratio": args.ratio, "el2n_runs": args.el2n_runs}
+    if args.il_epochs is not None:
+        overrides["il_epochs"] = args.il_epochs
+    cfg = MethodConfig.for_recipe(args.epochs, **overrides)
     doc: dict = {
         "benchmark": "outcomes",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
