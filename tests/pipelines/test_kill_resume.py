@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,30 +49,60 @@ def _session_pids(sid: int) -> list[int]:
     return [int(pid) for pid, s, stat in rows if int(s) == sid and not stat.startswith("Z")]
 
 
+def _start(cmd: list[str]) -> subprocess.Popen:
+    # stderr goes to a file: an unread pipe could fill up and stall the driver.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
+    )
+    proc.log = log
+    return proc
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()[-3000:]
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill whatever the driver's session still runs (its embedded Ray after a SIGKILL)."""
+    for pid in _session_pids(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.log.close()
+    time.sleep(0.5)
+    assert _session_pids(proc.pid) == []
+
+
+def _run_to_end(cmd: list[str], timeout_s: float) -> tuple[int, str]:
+    proc = _start(cmd)
+    try:
+        proc.wait(timeout=timeout_s)
+        return proc.returncode, _stderr(proc)
+    finally:
+        proc.kill()  # no-op unless it timed out
+        proc.wait()
+        _reap(proc)
+
+
 def _kill_driver_when(store: ScoreStore, cmd: list[str], min_shards: int, deadline_s: float):
     """Start the driver; SIGKILL it once ``min_shards`` loss shards are committed."""
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _start(cmd)
     try:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end and proc.poll() is None:
             if len(store.completed_shards("run", "loss")) >= min_shards:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, f"job ended before the kill: {proc.stderr.read()[-2000:]}"
+        assert proc.poll() is None, f"job ended before the kill: {_stderr(proc)}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        for pid in _session_pids(proc.pid):  # the embedded Ray the dead driver left behind
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.stderr.close()
-    time.sleep(0.5)
-    assert _session_pids(proc.pid) == []
+        proc.kill()
+        proc.wait()
+        _reap(proc)
 
 
 @pytest.mark.timeout(170)
@@ -100,8 +131,8 @@ def test_sigkill_driver_then_resume_gives_exactly_the_uninterrupted_result(ray_s
     after_second = store.completed_shards("run", "loss")
     assert after_first < after_second and len(after_second) < N // SHARD
 
-    done = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = _run_to_end(resume, 100)
+    assert code == 0, err
 
     manifest = store.manifest("run")
     assert manifest["status"] == "complete"
