@@ -17,6 +17,7 @@ calibration by randomisation).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -44,6 +45,57 @@ _EMPTY = np.empty(0, dtype=np.int64)
 def _work_dtype(arr: np.ndarray) -> type:
     """float32 keys for float16/float32 scores (halves memory at 10^8), float64 otherwise."""
     return np.float32 if arr.dtype in (np.float16, np.float32) else np.float64
+
+
+def _first_in_order(s: np.ndarray, m: int, largest: bool) -> np.ndarray:
+    """Ascending positions of the first ``m`` entries in the order (score, then position).
+
+    ``np.partition`` finds the boundary value; entries strictly beyond it are all in, and the
+    tied ones are taken by lowest position. Ties are thus resolved by a rule, not by whatever
+    the (SIMD, CPU-dependent) selection algorithm did, so every machine picks the same set.
+    """
+    n = s.shape[0]
+    if m == 0:
+        return _EMPTY.copy()
+    if m == n:
+        return np.arange(n, dtype=np.int64)
+    kth = n - m if largest else m - 1
+    v = np.partition(s, kth)[kth]
+    beyond = np.flatnonzero(s > v if largest else s < v)
+    tied = np.flatnonzero(s == v)[: m - beyond.shape[0]]
+    return np.sort(np.concatenate([beyond, tied])).astype(np.int64, copy=False)
+
+
+def _order_by_score(s: np.ndarray, descending: bool) -> np.ndarray:
+    """All positions ordered by score, ties by ascending position (int64 ``[n]``).
+
+    For float16/float32 scores (n < 2^32, little-endian) the score's order-preserving 32-bit
+    pattern (high word) and the position (low word) form one uint64 key, sorted once in place:
+    2-3x faster than a stable argsort, 8 bytes per score plus the result. Other dtypes use the
+    stable argsort.
+    """
+    n = s.shape[0]
+    if s.dtype not in (np.float16, np.float32) or n >= 2**32 or sys.byteorder != "little":
+        wide = s.astype(np.float64)
+        return np.argsort(-wide if descending else wide, kind="stable")
+    bits = s.astype(np.float32)
+    bits += np.float32(0.0)  # -0.0 becomes 0.0, so the two compare (and tie) as equal
+    bits = bits.view(np.uint32)
+    # Negative floats: flip all bits; non-negative: flip the sign bit. Then the unsigned order
+    # is the float order. (Arithmetic shift of the int32 view gives 0 or all ones.)
+    flip = bits.view(np.int32) >> 31
+    flip |= np.int32(-(2**31))
+    bits ^= flip.view(np.uint32)
+    del flip
+    if descending:
+        np.invert(bits, out=bits)
+    key = np.empty(n, dtype=np.uint64)
+    words = key.view(np.uint32).reshape(n, 2)  # little-endian: [:, 0] is the low word
+    words[:, 1] = bits
+    del bits
+    words[:, 0] = np.arange(n, dtype=np.uint32)
+    key.sort()
+    return words[:, 0].astype(np.int64)
 
 
 def _first_in_order(s: np.ndarray, m: int, largest: bool) -> np.ndarray:
@@ -255,8 +307,11 @@ def _complement_draw(chosen: np.ndarray, n: int, m: int, rng: np.random.Generato
     """
     taken = np.sort(chosen)
     shifted = taken - np.arange(taken.shape[0], dtype=np.int64)
-    draws = rng.choice(n - taken.shape[0], size=m, replace=False).astype(np.int64, copy=False)
-    return draws + np.searchsorted(shifted, draws, side="right")
+    draws = np.sort(rng.choice(n - taken.shape[0], size=m, replace=False)).astype(np.int64)
+    # Sorted queries make searchsorted a merge (about 20x faster at 10^7 than random ones).
+    positions = draws + np.searchsorted(shifted, draws, side="right")
+    rng.shuffle(positions)
+    return positions
 
 
 def random_mix(
@@ -267,7 +322,7 @@ def random_mix(
     Keep ``k - round(alpha*k)`` positions by score (the largest, or smallest with
     ``largest=False``) and ``round(alpha*k)`` uniformly at random from the rest. ``alpha=0`` is
     pure score-based pruning, ``alpha=1`` is uniform. Returns int64 ``[k]``: the score-chosen
-    block first (rank order), then the random block (draw order).
+    block first (rank order), then the random block (in random order).
     """
     s = as_score_array(scores)
     n = s.shape[0]
