@@ -13,8 +13,9 @@ Three tables, all measured in this one run:
 2. *Planning alone* at the larger N: ``InfoBatchSampler.set_epoch`` of a pruned epoch (settled
    score table of N float32 + seen flags included in the bytes per example), next to
    ``torch.randperm(N)`` alone.
-3. *Feedback per step* at batch 256 on CPU tensors: ``reweight`` and ``update`` over one epoch's
-   worth of steps (so pending-buffer costs are included), next to a bare ``losses.mean()``.
+3. *Feedback per step* at batch 256 on CPU tensors: ``reweight`` and ``update`` over up to 20 000
+   steps (so pending-buffer costs are included), next to a bare ``losses.mean()``;
+   five interleaved rounds, median.
 
 Results: benchmarks/results/bench_samplers.json
 """
@@ -157,17 +158,18 @@ def _feedback(steps: int) -> dict[str, float]:
         "reweight": sampler.reweight,
         "update": sampler.update,
     }
-    result = {}
-    for name, fn in cases.items():
-        for j in range(200):
-            fn(ids[j % 64], losses[j % 64])
-        sampler.scores.discard_pending()
-        start = time.perf_counter()
-        for j in range(steps):
-            fn(ids[j % 64], losses[j % 64])
-        result[name] = (time.perf_counter() - start) / steps * 1e6
-        sampler.scores.discard_pending()
-    return result
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(5):  # interleaved rounds, median: machine load hits every case alike
+        for name, fn in cases.items():
+            for j in range(200):
+                fn(ids[j % 64], losses[j % 64])
+            sampler.scores.discard_pending()
+            start = time.perf_counter()
+            for j in range(steps):
+                fn(ids[j % 64], losses[j % 64])
+            runs[name].append((time.perf_counter() - start) / steps * 1e6)
+            sampler.scores.discard_pending()
+    return {name: float(np.median(values)) for name, values in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,12 +209,23 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['bytes_per_example']:6.1f}"
         )
 
-    plan_rows = {}
-    for case in ("torch.randperm (baseline)", "InfoBatch set_epoch (pruned)"):
-        r = _in_child(_plan_child, case, plan_n)
-        r["bytes_per_example"] = r["peak_bytes"] / plan_n
-        plan_rows[case] = r
-    print(f"\nPlanning at N = {plan_n:.0e}")
+    plan_rows: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for case in ("torch.randperm (baseline)", "InfoBatch set_epoch (pruned)"):
+            r = _in_child(_plan_child, case, plan_n)
+            row = plan_rows.setdefault(case, {"runs": [], "peak_bytes": 0})
+            row["runs"].append(r["seconds"])
+            row["peak_bytes"] = max(row["peak_bytes"], r["peak_bytes"])
+    for row in plan_rows.values():
+        row["seconds"] = float(np.median(row["runs"]))
+        row["bytes_per_example"] = row["peak_bytes"] / plan_n
+    ratio = (
+        plan_rows["InfoBatch set_epoch (pruned)"]["seconds"]
+        / plan_rows["torch.randperm (baseline)"]["seconds"]
+    )
+    plan_rows["InfoBatch set_epoch (pruned)"]["ratio_to_randperm"] = ratio
+    print(f"\nPlanning at N = {plan_n:.0e} (median of {args.repeats})", end="")
+    print(f"; InfoBatch / randperm = {ratio:.2f}")
     print(f"{'case':30s} {'seconds':>8s} {'peak MB':>8s} {'B/ex':>6s}")
     for case, r in plan_rows.items():
         print(
@@ -221,8 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     steps = -(-epoch_n // BATCH)
-    feedback = _feedback(min(steps, 40_000))
-    print(f"\nFeedback per step, batch {BATCH}, CPU tensors ({min(steps, 40_000)} steps)")
+    feedback = _feedback(min(steps, 20_000))
+    print(f"\nFeedback per step, batch {BATCH}, CPU tensors (median of 5 x {min(steps, 20_000)})")
     mean_us = feedback["losses.mean() (baseline)"]
     for case, us in feedback.items():
         print(f"{case:28s} {us:8.2f} us   {us / mean_us:5.2f}x mean()")
