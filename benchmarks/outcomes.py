@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--il-epochs",
         type=int,
-        help="epochs of each twin irreducible-loss model (RHO-LOSS, JEST); default epochs // 4",
+        help="epochs of each twin irreducible-loss model (RHO-LOSS, JEST); default epochs // 2",
     )
     p.add_argument("--el2n-runs", type=int, default=3, help="EL2N scoring runs averaged")
     p.add_argument("--batch-size", type=int, default=128)
