@@ -5,8 +5,9 @@ Every chooser takes ``scores`` (a 1-D float or int numpy array, or a CPU torch t
 Higher score means "more wanted" for ``top_k``-style choosers; pass ``largest=False`` (or use
 ``bottom_k``) to prefer low scores. Stochastic choosers take an explicit
 ``numpy.random.Generator``; nothing here touches numpy's global RNG. All work is vectorised
-(``argpartition`` / ``argsort`` / one noise draw), so 10^8 scores cost a few seconds and a few
-bytes per score: roughly 8 (positions) + 8 (keys and noise, float32) on top of the input.
+(``np.partition``, one packed-key sort of the chosen block, one noise draw; see
+``selection._ranking``), so 10^8 scores cost seconds and a few bytes per score beyond the input:
+about 8 (positions) plus 8 (keys and noise, float32) for the stochastic choosers.
 
 Ties are broken by position (lower position first), so the result is the same on every machine
 and never depends on an RNG; returned positions within a block are ordered by score.
@@ -17,12 +18,12 @@ calibration by randomisation).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import numpy as np
 
 from selection._checks import as_score_array, check_count, check_fraction, check_rng
+from selection._ranking import EMPTY, order_by_score, rank_window
 
 __all__ = [
     "CHOOSERS",
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 _KINDS = ("softmax", "power", "softrank")
-_EMPTY = np.empty(0, dtype=np.int64)
 
 
 def _work_dtype(arr: np.ndarray) -> type:
@@ -47,127 +47,18 @@ def _work_dtype(arr: np.ndarray) -> type:
     return np.float32 if arr.dtype in (np.float16, np.float32) else np.float64
 
 
-def _first_in_order(s: np.ndarray, m: int, largest: bool) -> np.ndarray:
-    """Ascending positions of the first ``m`` entries in the order (score, then position).
-
-    ``np.partition`` finds the boundary value; entries strictly beyond it are all in, and the
-    tied ones are taken by lowest position. Ties are thus resolved by a rule, not by whatever
-    the (SIMD, CPU-dependent) selection algorithm did, so every machine picks the same set.
-    """
-    n = s.shape[0]
-    if m == 0:
-        return _EMPTY.copy()
-    if m == n:
-        return np.arange(n, dtype=np.int64)
-    kth = n - m if largest else m - 1
-    v = np.partition(s, kth)[kth]
-    beyond = np.flatnonzero(s > v if largest else s < v)
-    tied = np.flatnonzero(s == v)[: m - beyond.shape[0]]
-    return np.sort(np.concatenate([beyond, tied])).astype(np.int64, copy=False)
-
-
-def _order_by_score(s: np.ndarray, descending: bool) -> np.ndarray:
-    """All positions ordered by score, ties by ascending position (int64 ``[n]``).
-
-    For float16/float32 scores (n < 2^32, little-endian) the score's order-preserving 32-bit
-    pattern (high word) and the position (low word) form one uint64 key, sorted once in place:
-    2-3x faster than a stable argsort, 8 bytes per score plus the result. Other dtypes use the
-    stable argsort.
-    """
-    n = s.shape[0]
-    if s.dtype not in (np.float16, np.float32) or n >= 2**32 or sys.byteorder != "little":
-        wide = s.astype(np.float64)
-        return np.argsort(-wide if descending else wide, kind="stable")
-    bits = s.astype(np.float32)
-    bits += np.float32(0.0)  # -0.0 becomes 0.0, so the two compare (and tie) as equal
-    bits = bits.view(np.uint32)
-    # Negative floats: flip all bits; non-negative: flip the sign bit. Then the unsigned order
-    # is the float order. (Arithmetic shift of the int32 view gives 0 or all ones.)
-    flip = bits.view(np.int32) >> 31
-    flip |= np.int32(-(2**31))
-    bits ^= flip.view(np.uint32)
-    del flip
-    if descending:
-        np.invert(bits, out=bits)
-    key = np.empty(n, dtype=np.uint64)
-    words = key.view(np.uint32).reshape(n, 2)  # little-endian: [:, 0] is the low word
-    words[:, 1] = bits
-    del bits
-    words[:, 0] = np.arange(n, dtype=np.uint32)
-    key.sort()
-    return words[:, 0].astype(np.int64)
-
-
-def _first_in_order(s: np.ndarray, m: int, largest: bool) -> np.ndarray:
-    """Ascending positions of the first ``m`` entries in the order (score, then position).
-
-    ``np.partition`` finds the boundary value; entries strictly beyond it are all in, and the
-    tied ones are taken by lowest position. Ties are thus resolved by a rule, not by whatever
-    the (SIMD, CPU-dependent) selection algorithm did, so every machine picks the same set.
-    """
-    n = s.shape[0]
-    if m == 0:
-        return _EMPTY.copy()
-    if m == n:
-        return np.arange(n, dtype=np.int64)
-    kth = n - m if largest else m - 1
-    v = np.partition(s, kth)[kth]
-    beyond = np.flatnonzero(s > v if largest else s < v)
-    tied = np.flatnonzero(s == v)[: m - beyond.shape[0]]
-    return np.sort(np.concatenate([beyond, tied])).astype(np.int64, copy=False)
-
-
-def _order_by_score(s: np.ndarray, descending: bool) -> np.ndarray:
-    """All positions ordered by score, ties by ascending position (int64 ``[n]``).
-
-    For float16/float32 scores (n < 2^32) the score's order-preserving 32-bit pattern and the
-    position are packed into one uint64 key and sorted once, 2-3x faster than a stable
-    argsort; other dtypes use the stable argsort.
-    """
-    n = s.shape[0]
-    if s.dtype not in (np.float16, np.float32) or n >= 2**32:
-        wide = s.astype(np.float64)
-        return np.argsort(-wide if descending else wide, kind="stable")
-    bits = (s.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
-    sign = np.uint32(0x80000000)
-    monotone = np.where(bits & sign, ~bits, bits | sign)  # unsigned order = float order
-    if descending:
-        np.invert(monotone, out=monotone)
-    key = monotone.astype(np.uint64) << np.uint64(32)
-    del monotone
-    key |= np.arange(n, dtype=np.uint64)
-    key.sort()
-    key &= np.uint64(0xFFFFFFFF)
-    return key.view(np.int64)
-
-
-def _rank_window(s: np.ndarray, start: int, stop: int, largest: bool) -> np.ndarray:
-    """Positions holding ranks ``[start, stop)`` (rank 0 = most extreme), in rank order.
-
-    Rank order: by score (descending if ``largest``), ties by ascending position.
-    """
-    if stop <= start:
-        return _EMPTY.copy()
-    idx = _first_in_order(s, stop, largest)
-    if start:
-        head = _first_in_order(s, start, largest)
-        idx = idx[~np.isin(idx, head, assume_unique=True, kind="sort")]
-    # idx is ascending, so ties ordered by position within the block are ordered by position.
-    return idx[_order_by_score(s[idx], descending=largest)]
-
-
 def top_k(scores, k: int) -> np.ndarray:
     """Positions of the ``k`` largest scores, in descending order of score. int64 ``[k]``."""
     s = as_score_array(scores)
     k = check_count(k, s.shape[0])
-    return _rank_window(s, 0, k, largest=True)
+    return rank_window(s, 0, k, largest=True)
 
 
 def bottom_k(scores, k: int) -> np.ndarray:
     """Positions of the ``k`` smallest scores, in ascending order of score. int64 ``[k]``."""
     s = as_score_array(scores)
     k = check_count(k, s.shape[0])
-    return _rank_window(s, 0, k, largest=False)
+    return rank_window(s, 0, k, largest=False)
 
 
 def threshold(scores, value: float, *, above: bool = True, inclusive: bool = False) -> np.ndarray:
@@ -195,7 +86,7 @@ def offset_window(scores, k: int, *, offset: int, largest: bool = True) -> np.nd
     n = s.shape[0]
     offset = check_count(offset, n, name="offset")
     k = check_count(k, n - offset, name="k", what=f"scores left after offset={offset}")
-    return _rank_window(s, offset, offset + k, largest=largest)
+    return rank_window(s, offset, offset + k, largest=largest)
 
 
 def uniform(scores, k: int, *, rng: np.random.Generator) -> np.ndarray:
@@ -262,7 +153,7 @@ def gumbel_top_k(
         n_neg = int(np.count_nonzero(s < 0))
         raise ValueError(f"kind='power' needs scores >= 0; got {n_neg} negative score(s)")
     if k == 0:
-        return _EMPTY.copy()
+        return EMPTY.copy()
     dtype = _work_dtype(s)
     if beta == 0 or (dtype(beta) == 0 and kind != "power"):
         # A beta that underflows in the work dtype is uniform too; for power, s**tiny is 1 on
@@ -271,17 +162,17 @@ def gumbel_top_k(
     if dtype(beta) == 0:
         s, beta = (s > 0).astype(dtype), 1.0
     if np.isinf(beta):
-        return _rank_window(s, 0, k, largest=True)
+        return rank_window(s, 0, k, largest=True)
 
     if kind == "softrank":
-        order = _order_by_score(s, descending=True)
+        order = order_by_score(s, descending=True)
         # Ranks are a permutation of 1..n and the noise is i.i.d., so the keys can be built
         # directly in rank order; no inverse permutation is needed.
         keys = np.arange(1, n + 1, dtype=dtype)
         np.log(keys, out=keys)
         keys *= -1
         keys = _add_gumbel(keys, beta, rng)
-        return order[_rank_window(keys, 0, k, largest=True)].astype(np.int64, copy=False)
+        return order[rank_window(keys, 0, k, largest=True)].astype(np.int64, copy=False)
 
     if kind == "softmax":
         keys = s.astype(dtype, copy=True)
@@ -292,11 +183,11 @@ def gumbel_top_k(
     if kind == "power":
         n_pos = int(np.count_nonzero(s > 0))
         if n_pos < k:
-            chosen = _rank_window(keys, 0, n_pos, largest=True)
+            chosen = rank_window(keys, 0, n_pos, largest=True)
             zeros = np.flatnonzero(s == 0)
             fill = rng.choice(zeros, size=k - n_pos, replace=False)
             return np.concatenate([chosen, fill.astype(np.int64, copy=False)])
-    return _rank_window(keys, 0, k, largest=True)
+    return rank_window(keys, 0, k, largest=True)
 
 
 def _complement_draw(chosen: np.ndarray, n: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -330,7 +221,7 @@ def random_mix(
     alpha = check_fraction(alpha, name="alpha")
     check_rng(rng)
     n_random = int(round(alpha * k))
-    by_score = _rank_window(s, 0, k - n_random, largest=largest)
+    by_score = rank_window(s, 0, k - n_random, largest=largest)
     return np.concatenate([by_score, _complement_draw(by_score, n, n_random, rng)])
 
 
@@ -347,7 +238,7 @@ def subsample_top_k(
     subset_size = check_count(subset_size, n, name="subset_size")
     k = check_count(k, subset_size, what=f"subsampled scores subset_size={subset_size}")
     subset = np.sort(check_rng(rng).choice(n, size=subset_size, replace=False))
-    return subset[_rank_window(s[subset], 0, k, largest=largest)].astype(np.int64, copy=False)
+    return subset[rank_window(s[subset], 0, k, largest=largest)].astype(np.int64, copy=False)
 
 
 CHOOSERS: dict[str, Callable[..., np.ndarray]] = {
@@ -421,4 +312,4 @@ def stratified(
         members = order[start : start + count]
         picked = np.asarray(chooser(s[members], int(budget), **kwargs), dtype=np.int64)
         parts.append(members[picked])
-    return np.concatenate(parts).astype(np.int64, copy=False) if parts else _EMPTY.copy()
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else EMPTY.copy()

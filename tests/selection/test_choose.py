@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from selection import choose
+from selection._ranking import order_by_score
 from selection.choose import (
     bottom_k,
     class_budgets,
@@ -147,7 +148,7 @@ def test_order_by_score_breaks_ties_by_position(values, dtype):
     for descending in (True, False):
         key = -s.astype(np.float64) if descending else s.astype(np.float64)
         expected = np.lexsort((np.arange(len(s)), key))
-        np.testing.assert_array_equal(choose._order_by_score(s, descending), expected)
+        np.testing.assert_array_equal(order_by_score(s, descending), expected)
 
 
 def test_power_fills_uniformly_when_too_few_positive_scores():
