@@ -14,6 +14,7 @@ rebuild exactly the interrupted plan.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -196,6 +197,15 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         ids = self._ensure_plan()
+        if self._cursor is not None and self.position >= len(ids) and self.scores.num_pending:
+            # A second pass over a finished epoch with feedback waiting: set_epoch was
+            # forgotten, so the plan (and InfoBatch's pruning) would never change.
+            warnings.warn(
+                f"{type(self).__name__} is iterated again at epoch {self._epoch} with "
+                f"{self.scores.num_pending} unsettled feedback entries; call "
+                "sampler.set_epoch(epoch) before every epoch",
+                stacklevel=2,
+            )
         start, self._resume_at = self._resume_at, 0
         self._cursor = (start, 0, iter(()))
         return self._iterate(ids, start)

@@ -192,3 +192,12 @@ def test_bad_arguments():
         InfoBatchSampler(10, 5, scores=ScoreTable(4))
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         InfoBatchSampler(10, 5).set_epoch(-1)
+
+
+def test_forgetting_set_epoch_warns():
+    s = InfoBatchSampler(50, num_epochs=3)
+    s.set_epoch(0)
+    ids = list(s)
+    s.update(ids, np.ones(len(ids), dtype=np.float32))
+    with pytest.warns(UserWarning, match=r"call sampler.set_epoch\(epoch\) before every epoch"):
+        list(s)
