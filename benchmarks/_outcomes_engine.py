@@ -127,6 +127,7 @@ class MethodRun:
     setup: Cost = field(default_factory=Cost)
     history: list[dict] = field(default_factory=list)
     trace: object | None = None  # a writer epoch samplers log their plans to (optional)
+    noisy_rows: int = 0  # trained rows (learner steps only) whose label was flipped
 
     def __post_init__(self) -> None:
         self.learner = Learner(self.task, self.recipe, self.seed)
@@ -211,6 +212,7 @@ class MethodRun:
         self.cost.backward += len(idx)
         self.cost.steps += 1
         if learner is None:
+            self.noisy_rows += int(np.count_nonzero(self.task.noisy[np.asarray(ids)]))
             self._maybe_evaluate()
         return losses.detach()
 
@@ -252,6 +254,9 @@ class MethodRun:
             "final_acc": self.history[-1]["acc"],
             "cost": asdict(self.cost),
             "setup": asdict(self.setup),
+            # share of label-noisy rows among the rows the learner trained on
+            "noisy_trained_frac": self.noisy_rows
+            / max(1, self.cost.backward - self.setup.backward),
             "history": self.history,
         }
 

@@ -56,6 +56,7 @@ def summarise(results: dict[str, list[dict]], target_frac: float) -> dict:
             "setup_cpu_mean_s": float(np.mean([r["setup"]["cpu_s"] for r in seeds])),
             "setup_backward_mean": float(np.mean([r["setup"]["backward"] for r in seeds])),
             "setup_forward_mean": float(np.mean([r["setup"]["forward"] for r in seeds])),
+            "noisy_trained_frac": float(np.mean([r.get("noisy_trained_frac", 0.0) for r in seeds])),
             "seeds": len(seeds),
             "reached": len(reached),
             "time_to_target_s": (
@@ -102,11 +103,12 @@ def _count(value: float) -> str:
 
 def markdown_table(summary: dict, descriptions: dict[str, str]) -> str:
     """One Markdown table (a row per method) for one model's summary."""
+    noisy = any(row["noisy_trained_frac"] > 0 for row in summary["methods"].values())
     lines = [
         "| method | final acc % (± std) | full data at same backward % | backward examples "
         "| saved | setup CPU s | time to target: CPU s (wall s) | speed-up (CPU time) "
-        "| speed-up (compute) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| speed-up (compute) |" + (" noisy share of trained rows |" if noisy else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if noisy else ""),
     ]
     for name, row in summary["methods"].items():
         ttt = _fmt(row["cpu_to_target_s"], ".1f")
@@ -120,6 +122,7 @@ def markdown_table(summary: dict, descriptions: dict[str, str]) -> str:
             f"| {100 * row['backward_saved']:.0f} % "
             f"| {row['setup_cpu_mean_s']:.1f} | {ttt} "
             f"| {_fmt(row['speedup'], '.2f', '×')} | {_fmt(row['compute_speedup'], '.2f', '×')} |"
+            + (f" {100 * row['noisy_trained_frac']:.1f} % |" if noisy else "")
         )
     notes = [
         f"Target: {100 * summary['target']:.1f} % test accuracy "

@@ -71,3 +71,14 @@ def test_seeds_are_averaged_and_partial_reach_is_shown():
 def test_baseline_is_required():
     with pytest.raises(ValueError, match="full"):
         summarise({"m": [_result([0.1, 0.5])]}, 0.9)
+
+
+def test_noisy_share_column_only_with_label_noise():
+    clean = {"full": [_result([0.1, 1.0])], "m": [_result([0.1, 0.9])]}
+    assert "noisy share" not in markdown_table(summarise(clean, 0.9), {})
+    noisy = {"full": [_result([0.1, 1.0])], "m": [_result([0.1, 0.9])]}
+    noisy["full"][0]["noisy_trained_frac"] = 0.2
+    noisy["m"][0]["noisy_trained_frac"] = 0.05
+    table = markdown_table(summarise(noisy, 0.9), {})
+    assert "noisy share of trained rows" in table
+    assert table.splitlines()[3].endswith("| 5.0 % |")  # header, rule, full, then m
