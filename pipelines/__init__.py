@@ -13,6 +13,7 @@ from typing import Any
 __all__ = ["score", "run_demo", "ShardError", "ParquetSource", "DatasetSource", "ModelSpec"]
 
 _LAZY = {
+    "score": "pipelines.job",
     "run_demo": "pipelines.demo",
     "ShardError": "pipelines.scorer",
     "ParquetSource": "pipelines.sources",
@@ -22,9 +23,6 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name == "score":
-        # The job module is itself callable (see pipelines/score.py): pipelines.score(...)
-        return importlib.import_module("pipelines.score")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -120,7 +120,7 @@ def _job_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _run_job(args: argparse.Namespace, **extra) -> int:
-    from pipelines.score import ShardError, score
+    from pipelines.job import ShardError, score
 
     # `module:factory` names resolve against the working directory, as with `python -m` (the
     # `winnow` script itself does not put it on sys.path); Ray workers get it from Ray.

@@ -187,7 +187,7 @@ def run_demo(
     or ``./winnow-store``.
     """
     from pipelines.cli_store import default_store_root, format_table
-    from pipelines.score import score
+    from pipelines.job import score
     from pipelines.toydata import add_label_noise, make_mnist1d
     from store import ScoreStore
 

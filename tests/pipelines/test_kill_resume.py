@@ -1,6 +1,6 @@
 """Exactly-once: SIGKILL the job's driver (with its embedded Ray) part-way, resume, compare.
 
-The driver runs as ``python -m pipelines.score`` in its own session, so that after the kill every
+The driver runs as ``python -m pipelines.job`` in its own session, so that after the kill every
 Ray process it started (GCS, raylet, workers, agents) can be found by session id and removed.
 """
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _job_args(data: Path, store: Path, run: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipelines.score",
+        sys.executable, "-m", "pipelines.job",
         "--data", str(data), "--feature-columns", "x",
         "--model", "tests.pipelines.scoring_fixtures:slow_mlp",
         "--metrics", "loss,el2n", "--store", str(store), "--run", run,

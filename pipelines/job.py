@@ -30,7 +30,6 @@ import math
 import os
 import sys
 import time
-import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -292,21 +291,6 @@ def _completed_shards(scores: Any, spec: JobSpec) -> set[int]:
         shards = set(scores.completed_shards(spec.run, name))
         done = shards if done is None else done & shards
     return done or set()
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``pipelines.score(...)`` call the job although ``pipelines.score`` is this module.
-
-    Importing a submodule binds it as an attribute of its package, so the package-level name
-    ``pipelines.score`` is this module; making the module callable keeps the documented
-    ``pipelines.score(...)`` working in every import order.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return score(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
