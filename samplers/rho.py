@@ -36,7 +36,7 @@ from samplers._instep import (
     lookup_scores,
     resolve_batch_size,
 )
-from selection.jest import gumbel_top_k_tensor
+from selection.choose_torch import gumbel_top_k_torch
 from selection.losses import per_example_cross_entropy
 
 __all__ = [
@@ -128,7 +128,7 @@ class RhoLossSelector:
         if self.kind == "top":
             rows = torch.topk(rho, b, sorted=True).indices
         elif self.kind == "stochastic":
-            rows = gumbel_top_k_tensor(rho * self.beta, b, generator=gen)
+            rows = gumbel_top_k_torch(rho, b, beta=self.beta, generator=gen)
         else:
             probs = torch.softmax(rho / self.temperature, dim=0)
             rows = torch.multinomial(probs, b, replacement=True, generator=gen)

@@ -23,7 +23,7 @@ from samplers._instep import (
     ids_to_numpy,
     resolve_batch_size,
 )
-from selection.jest import gumbel_top_k_tensor
+from selection.choose_torch import gumbel_top_k_torch
 
 __all__ = ["TopLossSelector"]
 
@@ -76,7 +76,7 @@ class TopLossSelector:
             rows = torch.topk(losses, b, sorted=True).indices
         else:
             gen = self._gens.get(losses.device)
-            rows = gumbel_top_k_tensor(losses * self.beta, b, generator=gen)
+            rows = gumbel_top_k_torch(losses, b, beta=self.beta, generator=gen)
         self.steps += 1
         return rows, torch.ones(b, dtype=torch.float32, device=losses.device)
 

@@ -29,7 +29,6 @@ from selection.importance import (
     variance_reduction,
 )
 from selection.jest import (
-    gumbel_top_k_tensor,
     jest_scores,
     joint_learnability,
     joint_sample,
@@ -73,7 +72,6 @@ __all__ = [
     "entropy",
     "grad_sq_norm",
     "gumbel_top_k",
-    "gumbel_top_k_tensor",
     "gumbel_top_k_torch",
     "jest_scores",
     "joint_learnability",

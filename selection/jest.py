@@ -4,9 +4,6 @@ Everything here is a pure function of tensors and a ``torch.Generator``: it runs
 scores live on and never moves data to the host, so an in-step selector built on it adds no host
 synchronisation. Scores are "higher = more wanted" throughout.
 
-* :func:`gumbel_top_k_tensor` draws ``k`` positions without replacement with probability
-  proportional to ``exp(logits)`` (successive / Plackett-Luce sampling), reused by JEST,
-  RHO-LOSS's stochastic variant and the top-loss selector.
 * :func:`sample_per_example` is JEST with per-example losses: ``S`` is diagonal, so the chunked
   sampler reduces exactly to one Gumbel-top-b over ``s_i / temperature``.
 * :func:`joint_sample` is the chunked sampler over a ``[B, B]`` joint score matrix ``S``:
@@ -25,12 +22,12 @@ import math
 
 import torch
 
+from selection.choose_torch import gumbel_top_k_torch
+
 __all__ = [
     "LEARNABILITY_MODES",
     "batch_size_for",
     "chunk_sizes",
-    "gumbel_noise",
-    "gumbel_top_k_tensor",
     "joint_learnability",
     "joint_sample",
     "frozen_pair_losses",
@@ -94,43 +91,11 @@ def jest_scores(
     return -reference if mode == "easy_reference" else learner - reference
 
 
-def gumbel_noise(
-    shape: torch.Size | tuple[int, ...],
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """I.i.d. standard Gumbel noise, ``-log(E)`` with ``E ~ Exp(1)`` (never infinite)."""
-    e = torch.empty(shape, dtype=dtype, device=device).exponential_(generator=generator)
-    # exponential_ can return exactly 0 in low precision; clamping keeps the noise finite.
-    return -torch.log(e.clamp_min_(torch.finfo(dtype).tiny))
-
-
 def _float(x: torch.Tensor) -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got dtype {x.dtype}")
     # Half precision sums of many pair scores lose the differences the sampler ranks by.
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def gumbel_top_k_tensor(
-    logits: torch.Tensor, k: int, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``k`` distinct positions of a 1-D ``logits`` tensor, drawn ∝ ``exp(logits)`` successively.
-
-    Positions whose logit is ``-inf`` are never drawn while finite ones remain. Returns int64
-    positions on ``logits.device``, in draw order (the first is the most likely). No host sync.
-    """
-    if logits.dim() != 1:
-        raise ValueError(f"logits must be 1-D, got shape {tuple(logits.shape)}")
-    if not 0 <= k <= logits.shape[0]:
-        raise ValueError(f"k must be in [0, {logits.shape[0]}], got {k!r}")
-    logits = _float(logits)
-    noise = gumbel_noise(
-        logits.shape, dtype=logits.dtype, device=logits.device, generator=generator
-    )
-    return torch.topk(logits + noise, k, sorted=True).indices
 
 
 def sample_per_example(
@@ -156,8 +121,8 @@ def sample_per_example(
     if temperature == 0.0:
         return torch.topk(scores, batch_size, sorted=True).indices
     if math.isinf(temperature):
-        return gumbel_top_k_tensor(torch.zeros_like(scores), batch_size, generator=generator)
-    return gumbel_top_k_tensor(scores / temperature, batch_size, generator=generator)
+        return gumbel_top_k_torch(scores, batch_size, beta=0.0, generator=generator)
+    return gumbel_top_k_torch(scores, batch_size, beta=1.0 / temperature, generator=generator)
 
 
 def joint_sample(
@@ -211,7 +176,7 @@ def joint_sample(
         if temperature == 0.0 and not (c == 0 and first_chunk == "uniform"):
             new = torch.topk(masked, size, sorted=True).indices
         else:
-            new = gumbel_top_k_tensor(masked, size, generator=generator)
+            new = gumbel_top_k_torch(masked, size, generator=generator)
         picked.append(new)
         taken[new] = True
         n_selected += size
