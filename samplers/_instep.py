@@ -23,6 +23,8 @@ __all__ = [
     "ids_to_numpy",
     "lookup_scores",
     "resolve_batch_size",
+    "load_selector_state",
+    "selector_state",
 ]
 
 _SHOW_IDS = 10  # how many offending ids an error message lists
@@ -241,3 +243,39 @@ class DeviceGenerators:
         self._gens.clear()
         for key, value in state.items():
             self.get(torch.device(key)).set_state(value)
+
+
+_SELECTOR_STATE_VERSION = 1
+
+
+def selector_state(selector, **extra) -> dict:
+    """A selector's small checkpoint: seed, rank, step count and its generators' states.
+
+    ``selector`` has ``seed``, ``rank``, ``steps`` and ``_gens`` (:class:`DeviceGenerators`);
+    ``extra`` adds selector-specific entries. Score tables are not included.
+    """
+    return {
+        "version": _SELECTOR_STATE_VERSION,
+        "seed": selector.seed,
+        "rank": selector.rank,
+        "steps": selector.steps,
+        "generators": selector._gens.state_dict(),
+        **extra,
+    }
+
+
+def load_selector_state(selector, state: dict) -> None:
+    """Restore what :func:`selector_state` saved, so the selector resumes its exact noise stream.
+
+    Refuses a state of another version, seed or rank (that would be another stream).
+    """
+    name = type(selector).__name__
+    if state.get("version") != _SELECTOR_STATE_VERSION:
+        raise ValueError(f"unknown {name} state version {state.get('version')!r}")
+    if state["seed"] != selector.seed or state["rank"] != selector.rank:
+        raise ValueError(
+            f"state is for seed={state['seed']}, rank={state['rank']}; this {name} has "
+            f"seed={selector.seed}, rank={selector.rank}"
+        )
+    selector.steps = int(state["steps"])
+    selector._gens.load_state_dict(state["generators"])

@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from samplers._instep import DeviceGenerators, check_losses, default_rank, ids_to_numpy
+from samplers._instep import (
+    DeviceGenerators,
+    check_losses,
+    default_rank,
+    ids_to_numpy,
+    load_selector_state,
+    selector_state,
+)
 from selection.importance import (
     last_layer_bound,
     sample_with_replacement,
@@ -29,8 +36,6 @@ from selection.importance import (
 )
 
 __all__ = ["ImportanceSelector"]
-
-_STATE_VERSION = 1
 
 
 class ImportanceSelector:
@@ -114,23 +119,9 @@ class ImportanceSelector:
         return self.select(ids, last_layer_bound(logits, targets, features=features))
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "rank": self.rank,
-            "steps": self.steps,
-            "tau": self.tau,
-            "generators": self._gens.state_dict(),
-        }
+        """Seed, rank, step count, the smoothed tau and generator states."""
+        return selector_state(self, tau=self.tau)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown ImportanceSelector state version {state.get('version')!r}")
-        if state["seed"] != self.seed or state["rank"] != self.rank:
-            raise ValueError(
-                f"state is for seed={state['seed']}, rank={state['rank']}; this selector has "
-                f"seed={self.seed}, rank={self.rank}"
-            )
-        self.steps = int(state["steps"])
+        load_selector_state(self, state)
         self._tau = torch.tensor(float(state["tau"]), dtype=torch.float32)
-        self._gens.load_state_dict(state["generators"])

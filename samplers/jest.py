@@ -36,7 +36,9 @@ from samplers._instep import (
     check_pair_losses,
     default_rank,
     ids_to_numpy,
+    load_selector_state,
     lookup_scores,
+    selector_state,
 )
 from selection.jest import (
     LEARNABILITY_MODES,
@@ -48,8 +50,6 @@ from selection.jest import (
 )
 
 __all__ = ["JESTSelector", "score_super_batch"]
-
-_STATE_VERSION = 1
 
 
 class JESTSelector:
@@ -253,25 +253,10 @@ class JESTSelector:
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, rank, step count and generator states (the reference tables are not included)."""
-        return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "rank": self.rank,
-            "steps": self.steps,
-            "generators": self._gens.state_dict(),
-        }
+        return selector_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the exact noise stream of a saved selector with the same seed and rank."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown JESTSelector state version {state.get('version')!r}")
-        if state["seed"] != self.seed or state["rank"] != self.rank:
-            raise ValueError(
-                f"state is for seed={state['seed']}, rank={state['rank']}; this selector has "
-                f"seed={self.seed}, rank={self.rank}"
-            )
-        self.steps = int(state["steps"])
-        self._gens.load_state_dict(state["generators"])
+        load_selector_state(self, state)
 
 
 def score_super_batch(

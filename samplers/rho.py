@@ -33,8 +33,10 @@ from samplers._instep import (
     check_losses,
     default_rank,
     ids_to_numpy,
+    load_selector_state,
     lookup_scores,
     resolve_batch_size,
+    selector_state,
 )
 from selection.choose_torch import gumbel_top_k_torch
 from selection.losses import per_example_cross_entropy
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 _KINDS = ("top", "stochastic", "boltzmann")
-_STATE_VERSION = 1
 
 
 class RhoLossSelector:
@@ -137,24 +138,10 @@ class RhoLossSelector:
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, rank, step count and generator states (the IL table is not included)."""
-        return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "rank": self.rank,
-            "steps": self.steps,
-            "generators": self._gens.state_dict(),
-        }
+        return selector_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown RhoLossSelector state version {state.get('version')!r}")
-        if state["seed"] != self.seed or state["rank"] != self.rank:
-            raise ValueError(
-                f"state is for seed={state['seed']}, rank={state['rank']}; this selector has "
-                f"seed={self.seed}, rank={self.rank}"
-            )
-        self.steps = int(state["steps"])
-        self._gens.load_state_dict(state["generators"])
+        load_selector_state(self, state)
 
 
 def holdout_split(

@@ -21,13 +21,13 @@ from samplers._instep import (
     check_losses,
     default_rank,
     ids_to_numpy,
+    load_selector_state,
     resolve_batch_size,
+    selector_state,
 )
 from selection.choose_torch import gumbel_top_k_torch
 
 __all__ = ["TopLossSelector"]
-
-_STATE_VERSION = 1
 
 
 class TopLossSelector:
@@ -81,21 +81,8 @@ class TopLossSelector:
         return rows, torch.ones(b, dtype=torch.float32, device=losses.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "rank": self.rank,
-            "steps": self.steps,
-            "generators": self._gens.state_dict(),
-        }
+        """Seed, rank, step count and generator states (no score table)."""
+        return selector_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown TopLossSelector state version {state.get('version')!r}")
-        if state["seed"] != self.seed or state["rank"] != self.rank:
-            raise ValueError(
-                f"state is for seed={state['seed']}, rank={state['rank']}; this selector has "
-                f"seed={self.seed}, rank={self.rank}"
-            )
-        self.steps = int(state["steps"])
-        self._gens.load_state_dict(state["generators"])
+        load_selector_state(self, state)
