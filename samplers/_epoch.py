@@ -10,6 +10,26 @@ from any position, records feedback into ``self.scores`` and applies the plan's 
 The plan for epoch ``e`` is built once, in ``set_epoch(e)`` (after settling pending feedback);
 calling ``set_epoch`` again with the same epoch keeps it, which is what lets a resumed run
 rebuild exactly the interrupted plan.
+
+Resume protocol (plain ``DataLoader`` and torchdata's ``StatefulDataLoader``):
+
+- ``state_dict()`` reports the position of the live iterator; ``load_state_dict`` makes the next
+  ``iter(sampler)`` start there. With a plain DataLoader the caller passes the consumed position.
+- ``StatefulDataLoader`` wraps the sampler in its own ``BatchSampler`` and treats it as
+  ``Stateful``: it calls ``sampler.state_dict()`` right after drawing each batch's ids (with
+  workers: when the batch is dispatched, kept until that batch is *yielded*), so the state it
+  returns is the one after the last consumed batch, never the prefetched position. Its
+  ``load_state_dict`` only stores the state; the next ``iter(loader)`` calls ``iter(sampler)``,
+  then ``sampler.load_state_dict(...)``, then ``iter(sampler)`` again, with no fast-forward.
+- A restored loop calls ``set_epoch(e)`` before that late load, on a score table restored with
+  the interrupted epoch's unsettled feedback; settling it then would change the plan. So
+  ``iter(sampler)`` is lazy (nothing runs until the first id is drawn), and ``set_epoch`` on a
+  sampler that has never planned nor loaded a state *while its score table holds unsettled
+  feedback* (the signature of a restore) is deferred to the first draw or plan query. The loaded
+  state then wins for its own epoch (nothing settled early, same position); a later ``e``
+  settles and replans from position 0 (the loaded epoch was finished); an earlier ``e`` raises.
+  Query ``len(loader)`` / ``sampler.plan`` only after the first batch of such a restored run:
+  before it they would apply ``set_epoch`` ahead of the loader's state.
 """
 
 from __future__ import annotations
@@ -122,6 +142,7 @@ class EpochSampler(Sampler[int]):
         self._weights: dict[tuple[torch.device, torch.dtype], torch.Tensor | None] = {}
         self._resume_at = 0
         self._cursor: tuple[int, int, Any] | None = None
+        self._pending_epoch: int | None = None
 
     # ----------------------------------------------------------------- subclass contract
     def _make_plan(self, epoch: int) -> EpochPlan:
@@ -140,17 +161,36 @@ class EpochSampler(Sampler[int]):
     # ----------------------------------------------------------------- epochs and plans
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._epoch if self._pending_epoch is None else self._pending_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Settle pending feedback (a collective under DDP) and plan ``epoch``.
 
         Idempotent for the epoch already planned, so ``load_state_dict`` then
-        ``set_epoch(same epoch)`` resumes the interrupted plan unchanged.
+        ``set_epoch(same epoch)`` resumes the interrupted plan unchanged. Deferred to the first
+        draw on a restored score table not yet matched by a sampler state (resume protocol).
         """
         epoch = check_int("epoch", epoch, minimum=0)
+        if self._planned is None and self.scores.num_pending:
+            self._pending_epoch = epoch
+            return
+        self._pending_epoch = None
         if epoch == self._planned:
             return
+        self._settle_and_plan(epoch)
+
+    def _apply_pending_epoch(self) -> None:
+        epoch, self._pending_epoch = self._pending_epoch, None
+        if epoch is None or epoch == self._planned:
+            return
+        if self._planned is not None and epoch < self._planned:
+            raise ValueError(
+                f"set_epoch({epoch}) was called before a loaded state at epoch {self._planned} "
+                f"was applied; start the epoch loop at the checkpoint's epoch {self._planned}"
+            )
+        self._settle_and_plan(epoch)
+
+    def _settle_and_plan(self, epoch: int) -> None:
         self.scores.flush()
         self._epoch = epoch
         self._resume_at = 0
@@ -167,6 +207,8 @@ class EpochSampler(Sampler[int]):
             self._write_trace(plan)
 
     def _ensure_plan(self) -> np.ndarray:
+        if self._pending_epoch is not None:
+            self._apply_pending_epoch()
         if self._shard is None:
             self._build()
         assert self._shard is not None
@@ -196,6 +238,10 @@ class EpochSampler(Sampler[int]):
         return n // batch_size if drop_last else -(-n // batch_size)
 
     def __iter__(self):
+        # Lazy: StatefulDataLoader calls iter() before it loads the sampler's state.
+        return self._iterate()
+
+    def _iterate(self):
         ids = self._ensure_plan()
         if self._cursor is not None and self.position >= len(ids) and self.scores.num_pending:
             # A second pass over a finished epoch with feedback waiting: set_epoch was
@@ -208,9 +254,6 @@ class EpochSampler(Sampler[int]):
             )
         start, self._resume_at = self._resume_at, 0
         self._cursor = (start, 0, iter(()))
-        return self._iterate(ids, start)
-
-    def _iterate(self, ids: np.ndarray, start: int):
         for s in range(start, len(ids), _YIELD_CHUNK):
             part = ids[s : s + _YIELD_CHUNK].tolist()
             it = iter(part)
@@ -299,6 +342,8 @@ class EpochSampler(Sampler[int]):
         ids actually consumed, e.g. ``batches_done * batch_size`` (StatefulDataLoader tracks
         this itself). Score tables are checkpointed separately: ``sampler.scores.state_dict()``.
         """
+        # A deferred set_epoch is not part of the state (StatefulDataLoader snapshots the state
+        # before it loads one); the loop calls set_epoch again after restoring.
         if position is None:
             position = self.position
         position = check_int("position", position, minimum=0)
