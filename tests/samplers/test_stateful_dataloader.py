@@ -29,16 +29,21 @@ def loss_of(ids: torch.Tensor, epoch: int) -> torch.Tensor:
     return ((ids * 2654435761 + epoch * 97) % 1000).float() / 1000 + 0.01
 
 
-def run(make, *, stop_at=None, checkpoint=None, workers=0):
+def run(make, *, stop_at=None, stop_after_epoch=None, checkpoint=None, workers=0, **loader_kw):
     """The usage-example loop on a StatefulDataLoader.
 
     Returns ``(batches, plans, final scores)``, or ``(batches, checkpoint bytes)`` when it stops
-    after batch ``stop_at``. A batch is ``(epoch, ids, weights, weighted loss)``; ``plans[e]`` is
-    epoch e's full plan as the sampler holds it when the epoch ends.
+    after batch ``stop_at`` (inside the epoch loop) or after the inner loop of epoch
+    ``stop_after_epoch`` (the loader's iterator finished). A batch is ``(epoch, ids, weights,
+    weighted loss)``; ``plans[e]`` is epoch e's full plan as the sampler holds it at its end.
     """
     sampler = make()
     loader = StatefulDataLoader(
-        IndexedDataset(range(N)), batch_size=BATCH, sampler=sampler, num_workers=workers
+        IndexedDataset(range(N)),
+        batch_size=BATCH,
+        sampler=sampler,
+        num_workers=workers,
+        **loader_kw,
     )
     start = 0
     if checkpoint is not None:
@@ -61,6 +66,13 @@ def run(make, *, stop_at=None, checkpoint=None, workers=0):
                 }
                 return seen, pickle.dumps(state)
         plans[epoch] = sampler.plan.ids.tolist()
+        if epoch == stop_after_epoch:
+            state = {
+                "loader": loader.state_dict(),
+                "scores": sampler.scores.state_dict(),
+                "epoch": epoch + 1,
+            }
+            return seen, pickle.dumps(state)
     sampler.set_epoch(EPOCHS)  # settle the last epoch's feedback
     return seen, plans, sampler.scores.values.copy()
 
@@ -74,14 +86,14 @@ def ten_stops(name, full):
     return [end_of_first, end_of_first + 1, *rng.choice(rest, 8, replace=False).tolist()]
 
 
-def check_resumes(name, workers):
+def check_resumes(name, workers, **loader_kw):
     make = SAMPLERS[name]
-    full, full_plans, final_scores = run(make, workers=workers)
+    full, full_plans, final_scores = run(make, workers=workers, **loader_kw)
     assert {e for e, *_ in full} == set(range(EPOCHS))
     for stop in ten_stops(name, full):
-        head, checkpoint = run(make, stop_at=int(stop), workers=workers)
+        head, checkpoint = run(make, stop_at=int(stop), workers=workers, **loader_kw)
         assert head == full[:stop]
-        tail, plans, scores = run(make, checkpoint=checkpoint, workers=workers)
+        tail, plans, scores = run(make, checkpoint=checkpoint, workers=workers, **loader_kw)
         assert tail == full[stop:], f"{name}: resume after batch {stop} diverged"
         stopped_in = full[stop - 1][0]
         assert plans == {e: p for e, p in full_plans.items() if e >= stopped_in}
@@ -99,6 +111,24 @@ def test_resume_with_two_prefetching_workers(name):
     # Workers prefetch ahead, so the sampler's live position exceeds what the loop consumed;
     # StatefulDataLoader's per-batch snapshot of sampler.state_dict() must give the consumed one.
     check_resumes(name, workers=2)
+
+
+@pytest.mark.timeout(60)
+def test_resume_with_persistent_workers():
+    check_resumes("infobatch", workers=2, persistent_workers=True)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_checkpoint_taken_after_an_epoch_finished(workers):
+    make = SAMPLERS["infobatch"]
+    full, full_plans, final_scores = run(make, workers=workers)
+    for epoch in (0, 2):
+        head, checkpoint = run(make, stop_after_epoch=epoch, workers=workers)
+        assert head == [b for b in full if b[0] <= epoch]
+        tail, plans, scores = run(make, checkpoint=checkpoint, workers=workers)
+        assert tail == full[len(head) :]
+        assert plans == {e: p for e, p in full_plans.items() if e > epoch}
+        np.testing.assert_array_equal(scores, final_scores)
 
 
 def test_the_loader_state_holds_the_consumed_position_while_workers_prefetch():
