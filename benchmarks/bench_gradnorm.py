@@ -23,13 +23,13 @@ import json
 import platform
 import resource
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks._timing import interleaved_times
 from pipelines.toydata import MLP, SmallCNN
 from selection import per_example_cross_entropy, per_example_grad_norms
 
@@ -46,14 +46,7 @@ def _interleaved(
     On a shared box the minimum is the steadier estimate of the intrinsic cost (load only
     ever adds time); both are reported.
     """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up (allocator, vmap tracing)
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(fns, repeats)  # with a warm-up call (allocator, vmap tracing)
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks._timing import interleaved_times
 from pipelines.toydata import MLP, SmallCNN
 from samplers.jest import JESTSelector, score_super_batch
 from samplers.rho import RhoLossSelector
@@ -46,15 +46,8 @@ NUM_IDS = 10_000_000  # size of the dense reference table the ids index into
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run round-robin ``repeats`` times after one warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    """Median seconds of each function, round-robin, after one warm-up call each."""
+    times = interleaved_times(fns, repeats)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

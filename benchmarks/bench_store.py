@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks._timing import interleaved_times
 from store import ScoreStore
 
 __all__ = ["main"]
@@ -37,13 +38,8 @@ RESULTS = Path(__file__).parent / "results" / "bench_store.json"
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run round-robin ``repeats`` times."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    """Median seconds of each function, round-robin (no warm-up: first writes count too)."""
+    times = interleaved_times(fns, repeats, warmup=False)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
