@@ -62,7 +62,7 @@ class Task:
 
     def new_model(self, seed: int) -> nn.Module:
         """A freshly initialised model; the same ``seed`` gives the same weights."""
-        from pipelines.toydata import MLP, SmallCNN
+        from winnow.pipelines.toydata import MLP, SmallCNN
 
         # Layer init draws from torch's global generator; fork_rng restores it afterwards.
         with torch.random.fork_rng(devices=[]):
@@ -74,7 +74,7 @@ def make_task(
     num_train: int, model: str, *, label_noise: float, data_seed: int, cache_dir: str | None
 ) -> Task:
     """MNIST-1D with ``num_train`` training rows (80/20 train/test split of the generator)."""
-    from pipelines.toydata import add_label_noise, make_mnist1d
+    from winnow.pipelines.toydata import add_label_noise, make_mnist1d
 
     if model not in ("cnn", "mlp"):
         raise ValueError(f"model must be 'cnn' or 'mlp', got {model!r}")

@@ -117,7 +117,7 @@ def full_data(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 
 def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    from samplers.pruned import PrunedSampler
+    from winnow.samplers.pruned import PrunedSampler
 
     # alpha = 1: the whole budget drawn uniformly, i.e. a static random subset
     sampler = PrunedSampler(
@@ -129,7 +129,7 @@ def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> No
 
 def infobatch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     """InfoBatch: LR on epoch progress (``schedule_progress``), loss via ``reweight``."""
-    from samplers.infobatch import InfoBatchSampler
+    from winnow.samplers.infobatch import InfoBatchSampler
 
     sampler = InfoBatchSampler(
         run.task.num_examples,
@@ -155,7 +155,7 @@ def infobatch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 def rs2(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     """RS2 without replacement: ``epochs`` rounds of ``ratio * N``; the cosine is compressed into
     the reduced step total (``progress = step / total_steps``), not truncated."""
-    from samplers.rs2 import RS2Sampler
+    from winnow.samplers.rs2 import RS2Sampler
 
     sampler = RS2Sampler(run.task.num_examples, cfg.ratio, replacement=False, seed=run.seed)
     b, rounds = run.recipe.batch_size, run.recipe.epochs
@@ -186,7 +186,7 @@ def _el2n_scores(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
 
 
 def _el2n_pruned(run: MethodRun, cfg: MethodConfig, shared: SharedSetups, alpha: float) -> None:
-    from samplers.pruned import PrunedSampler
+    from winnow.samplers.pruned import PrunedSampler
 
     scores = shared.get(("el2n",), run, lambda r: _el2n_scores(r, cfg))
     sampler = PrunedSampler(scores, cfg.ratio, largest=True, alpha=alpha, seed=run.seed)
@@ -244,7 +244,7 @@ def _train_selected(run: MethodRun, super_batch: int, choose) -> None:
 
 
 def rho_loss(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    from samplers.rho import RhoLossSelector
+    from winnow.samplers.rho import RhoLossSelector
 
     il = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
     selector = RhoLossSelector(il, keep=cfg.rho_keep, seed=run.seed, source="twin IL models")
@@ -253,7 +253,7 @@ def rho_loss(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 
 def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    from samplers.jest import JESTSelector
+    from winnow.samplers.jest import JESTSelector
 
     reference = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
     selector = JESTSelector(
@@ -264,7 +264,7 @@ def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 
 def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    from samplers.importance import ImportanceSelector
+    from winnow.samplers.importance import ImportanceSelector
 
     selector = ImportanceSelector(run.recipe.batch_size, seed=run.seed)
     y = run.task.y
@@ -276,7 +276,7 @@ def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 
 def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    from samplers.hardbatch import HardBatchSampler
+    from winnow.samplers.hardbatch import HardBatchSampler
 
     sampler = HardBatchSampler(
         run.task.num_examples,

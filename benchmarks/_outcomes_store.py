@@ -26,7 +26,7 @@ class BenchStore:
     """Writes one model's first-seed scores and trace into ``store.ScoreStore(root)``."""
 
     def __init__(self, root: str, config: dict):
-        from store import ScoreStore
+        from winnow.store import ScoreStore
 
         self.store = ScoreStore(root)
         self.config = config

@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from selection import choose
+from winnow.selection import choose
 
 __all__ = ["main"]
 

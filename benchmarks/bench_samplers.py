@@ -58,7 +58,7 @@ def _peak_bytes() -> int:
 
 
 def _seeded_infobatch(n: int):
-    from samplers import InfoBatchSampler
+    from winnow.samplers import InfoBatchSampler
 
     sampler = InfoBatchSampler(n, num_epochs=10, prune_ratio=0.5, delta=0.875, seed=0)
     scores = np.random.default_rng(1).standard_exponential(size=n, dtype=np.float32)
@@ -70,8 +70,7 @@ def _seeded_infobatch(n: int):
 def _build(case: str, n: int):
     import torch
     from torch.utils.data import RandomSampler
-
-    from samplers import PrunedSampler, RS2Sampler
+    from winnow.samplers import PrunedSampler, RS2Sampler
 
     if case == "RandomSampler (baseline)":
         return RandomSampler(range(n), generator=torch.Generator().manual_seed(0)), None
@@ -90,7 +89,7 @@ def _build(case: str, n: int):
 def _epoch_child(case: str, n: int, out: mp.Queue) -> None:
     from torch.utils.data import BatchSampler
 
-    import samplers  # noqa: F401 (imports are not the sampler's memory)
+    from winnow import samplers  # noqa: F401 (imports are not the sampler's memory)
 
     base = _rss_bytes()
     _reset_peak()
@@ -109,7 +108,7 @@ def _plan_child(case: str, n: int, out: mp.Queue) -> None:
     """Peak bytes count the score table (5 B/example) plus everything planning allocates."""
     import torch
 
-    import samplers  # noqa: F401
+    from winnow import samplers  # noqa: F401
 
     base = _rss_bytes()
     if case == "torch.randperm (baseline)":
@@ -143,8 +142,7 @@ def _in_child(target, case: str, n: int) -> dict:
 
 def _feedback(steps: int) -> dict[str, float]:
     import torch
-
-    from samplers import InfoBatchSampler
+    from winnow.samplers import InfoBatchSampler
 
     n = 1_000_000
     sampler = InfoBatchSampler(n, num_epochs=10, prune_ratio=0.5, seed=0)

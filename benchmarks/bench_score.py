@@ -46,7 +46,7 @@ _EXECUTORS = {
     "inline_1thread": ("inline", 1, True),
     "ray": ("ray", None, True),
 }
-MODEL = "pipelines.toydata:SmallCNN"
+MODEL = "winnow.pipelines.toydata:SmallCNN"
 
 
 def _write_data(directory: Path, n: int) -> Path:
@@ -73,7 +73,7 @@ def _write_data(directory: Path, n: int) -> Path:
 def _job(
     data: Path, rows: int, ckpt: Path, store: Path, run: str, metrics: str, executor: str
 ) -> dict:
-    import pipelines
+    from winnow import pipelines
 
     manifest = pipelines.score(
         str(data),
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
     import torch
-
-    from pipelines.toydata import SmallCNN
+    from winnow.pipelines.toydata import SmallCNN
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

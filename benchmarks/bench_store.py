@@ -28,9 +28,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from winnow.store import ScoreStore
 
 from benchmarks._timing import interleaved_times
-from store import ScoreStore
 
 __all__ = ["main"]
 
@@ -115,7 +115,7 @@ def bench_queries(tmp: Path, n: int, shard_rows: int, repeats: int) -> list[dict
     }
     rows = [
         {
-            "benchmark": f"store.write {n:.0e} rows in {n // shard_rows} shards",
+            "benchmark": f"winnow.store.write {n:.0e} rows in {n // shard_rows} shards",
             "seconds": write_seconds,
             "rows_per_second": n / write_seconds,
             "bytes_on_disk": size,

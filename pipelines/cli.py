@@ -17,9 +17,9 @@ __all__ = ["main", "build_parser"]
 # Modules that contribute subcommands. A module listed here that does not exist yet is skipped,
 # so the CLI keeps working while the project grows.
 _COMMAND_MODULES = (
-    "pipelines.cli_store",
-    "pipelines.cli_score",
-    "pipelines.cli_report",
+    "winnow.pipelines.cli_store",
+    "winnow.pipelines.cli_score",
+    "winnow.pipelines.cli_report",
 )
 
 

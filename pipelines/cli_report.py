@@ -18,7 +18,7 @@ __all__ = ["register"]
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from pipelines.report import write_report
+    from winnow.pipelines.report import write_report
 
     out = write_report(args.store, args.out, args.run or None, top_k=args.top_k)
     print(f"wrote {out}")

@@ -15,7 +15,7 @@ _STORE_HELP = "score store root (path or URI); default $WINNOW_STORE, else ./win
 
 
 def _store(args: argparse.Namespace) -> str:
-    from pipelines.cli_store import default_store_root
+    from winnow.pipelines.cli_store import default_store_root
 
     return args.store or default_store_root()
 
@@ -120,7 +120,7 @@ def _job_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _run_job(args: argparse.Namespace, **extra) -> int:
-    from pipelines.job import ShardError, score
+    from winnow.pipelines.job import ShardError, score
 
     # `module:factory` names resolve against the working directory, as with `python -m` (the
     # `winnow` script itself does not put it on sys.path); Ray workers get it from Ray.
@@ -153,7 +153,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from winnow.pipelines.demo import run_demo
 
     run_demo(store=_store(args), actors=args.actors, num_samples=args.num_samples)
     return 0

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_store(args: argparse.Namespace):
-    from store import ScoreStore
+    from winnow.store import ScoreStore
 
     return ScoreStore(args.store or default_store_root())
 
@@ -74,7 +74,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from store import CorruptFileError
+    from winnow.store import CorruptFileError
 
     store = _open_store(args)
     rows = []

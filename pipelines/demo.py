@@ -60,8 +60,7 @@ def _train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int, out: IO[str]
     """A SmallCNN trained with Adam on ``(x, y)``; returns the module in eval mode."""
     import torch
     import torch.nn.functional as F
-
-    from pipelines.toydata import SmallCNN
+    from winnow.pipelines.toydata import SmallCNN
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -186,10 +185,10 @@ def run_demo(
     ``answers`` maps each question to its Arrow table. ``store`` defaults to ``$WINNOW_STORE``
     or ``./winnow-store``.
     """
-    from pipelines.cli_store import default_store_root, format_table
-    from pipelines.job import score
-    from pipelines.toydata import add_label_noise, make_mnist1d
-    from store import ScoreStore
+    from winnow.pipelines.cli_store import default_store_root, format_table
+    from winnow.pipelines.job import score
+    from winnow.pipelines.toydata import add_label_noise, make_mnist1d
+    from winnow.store import ScoreStore
 
     out = out or sys.stdout
     store_root = os.path.abspath(os.fspath(store or default_store_root()))
@@ -223,9 +222,9 @@ def run_demo(
         print(f"scoring with Ray: {', '.join(DEMO_METRICS)}", file=out)
         manifest = score(
             str(parquet),
-            "pipelines.toydata:SmallCNN",
+            "winnow.pipelines.toydata:SmallCNN",
             checkpoint=str(tmp_path / "learner.pt"),
-            reference="pipelines.toydata:SmallCNN",
+            reference="winnow.pipelines.toydata:SmallCNN",
             reference_checkpoint=str(tmp_path / "reference.pt"),
             feature_columns="x",
             metrics=DEMO_METRICS,

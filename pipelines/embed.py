@@ -49,8 +49,7 @@ def write_embedding_metrics(
     same values. Returns ``{metric: rows written}``.
     """
     import pyarrow as pa
-
-    from selection import embed
+    from winnow.selection import embed
 
     ids, vectors = store.read_vectors(run, name)
     if len(ids) == 0:

@@ -19,7 +19,7 @@ import time
 import types
 from typing import Any
 
-from pipelines.scorer import JobSpec, ShardError, ShardScorer
+from winnow.pipelines.scorer import JobSpec, ShardError, ShardScorer
 
 __all__ = ["run_inline", "run_ray"]
 

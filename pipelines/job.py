@@ -33,11 +33,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
-from pipelines.executors import run_inline, run_ray
-from pipelines.models import ModelSpec, describe_model
-from pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
-from pipelines.sources import DatasetSource, ParquetSource, make_source
+from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
+from winnow.pipelines.executors import run_inline, run_ray
+from winnow.pipelines.models import ModelSpec, describe_model
+from winnow.pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
+from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
 
 __all__ = ["score", "default_shard_size", "ShardError"]
 
@@ -87,7 +87,7 @@ def score(
     Raises ``ShardError`` naming the shard and first failing id if the user's model fails;
     shards committed before that stay committed and ``resume=True`` continues from them.
     """
-    from store import ScoreStore
+    from winnow.store import ScoreStore
 
     started = time.perf_counter()
     _check_options(executor, device, batch_size, shard_size, num_clusters, dedup_eps)
@@ -243,7 +243,7 @@ def _dup_metric(eps: float) -> str:
 
 
 def _existing_manifest(scores: Any, run: str) -> dict[str, Any] | None:
-    from store import UnknownRunError
+    from winnow.store import UnknownRunError
 
     try:
         return scores.manifest(run)
@@ -294,6 +294,6 @@ def _completed_shards(scores: Any, spec: JobSpec) -> set[int]:
 
 
 if __name__ == "__main__":
-    from pipelines.cli import main
+    from winnow.pipelines.cli import main
 
     sys.exit(main(["score", *sys.argv[1:]]))

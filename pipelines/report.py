@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipelines import _report_figures as figures
-from pipelines import _report_queries as q
+from winnow.pipelines import _report_figures as figures
+from winnow.pipelines import _report_queries as q
 
 __all__ = ["render_report", "write_report"]
 
@@ -226,7 +225,7 @@ def write_report(
     top_k: int = 10,
 ) -> Path:
     """Render the report of the store at ``root`` and write it atomically to ``out``."""
-    from store import ScoreStore
+    from winnow.store import ScoreStore
 
     page = render_report(ScoreStore(root), runs, top_k=top_k, title=f"winnow report: {root}")
     out = Path(out)

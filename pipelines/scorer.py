@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipelines.models import ModelSpec, load_model
-from pipelines.sources import ItemError
+from winnow.pipelines.models import ModelSpec, load_model
+from winnow.pipelines.sources import ItemError
 
 __all__ = [
     "METRICS",
@@ -125,13 +124,14 @@ class BatchScorer:
         self._embed_layer = embed_layer if EMBEDDING in self.metrics else None
         # Imported here, not per batch, so a missing dependency is not blamed on the user's model.
         self._scores = (
-            importlib.import_module("selection.scores")
+            importlib.import_module("winnow.selection.scores")
             if _SCORES.intersection(self.metrics)
             else None
         )
         self._grad_norms = None
         if "grad_norm" in self.metrics:
-            self._grad_norms = importlib.import_module("selection.gradnorm").per_example_grad_norms
+            gradnorm = importlib.import_module("winnow.selection.gradnorm")
+            self._grad_norms = gradnorm.per_example_grad_norms
 
     def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
         # Only the inference forward's output is the embedding (not the grad_norm forward's).
@@ -248,7 +248,7 @@ class ShardScorer:
         return self._setup_error
 
     def _setup(self) -> None:
-        from store import ScoreStore
+        from winnow.store import ScoreStore
 
         spec = self.spec
         model, loss_fn = load_model(spec.model, spec.device)

@@ -10,23 +10,23 @@ In-step selectors (batch-then-sample): :class:`JESTSelector`, :class:`RhoLossSel
 :class:`HardBatchSampler` is DyBAT's batch sampler over a fixed partition.
 """
 
-from samplers.hardbatch import HardBatchSampler
-from samplers.importance import ImportanceSelector
-from samplers.indexed import IndexedDataset
-from samplers.infobatch import InfoBatchSampler
-from samplers.jest import JESTSelector, score_super_batch
-from samplers.pruned import PrunedSampler
-from samplers.rho import (
+from winnow.samplers.hardbatch import HardBatchSampler
+from winnow.samplers.importance import ImportanceSelector
+from winnow.samplers.indexed import IndexedDataset
+from winnow.samplers.infobatch import InfoBatchSampler
+from winnow.samplers.jest import JESTSelector, score_super_batch
+from winnow.samplers.pruned import PrunedSampler
+from winnow.samplers.rho import (
     RhoLossSelector,
     holdout_split,
     score_irreducible_losses,
     train_irreducible_model,
     train_twin_irreducible,
 )
-from samplers.rs2 import RS2Sampler
-from samplers.schedule import compressed_cosine, cosine_lambda
-from samplers.scores import ScoreTable
-from samplers.toploss import TopLossSelector
+from winnow.samplers.rs2 import RS2Sampler
+from winnow.samplers.schedule import compressed_cosine, cosine_lambda
+from winnow.samplers.scores import ScoreTable
+from winnow.samplers.toploss import TopLossSelector
 
 __all__ = [
     "HardBatchSampler",

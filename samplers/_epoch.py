@@ -41,9 +41,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-
-from samplers._dist import resolve_rank_world, shard
-from samplers.scores import ScoreTable, as_feedback_tensors
+from winnow.samplers._dist import resolve_rank_world, shard
+from winnow.samplers.scores import ScoreTable, as_feedback_tensors
 
 __all__ = ["EpochPlan", "EpochSampler", "TraceWriter"]
 

@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-
-from samplers._dist import all_gather_feedback, resolve_rank_world, shard
+from winnow.samplers._dist import all_gather_feedback, resolve_rank_world, shard
 
 __all__ = ["HardBatchSampler"]
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from samplers._instep import (
+from winnow.samplers._instep import (
     DeviceGenerators,
     check_losses,
     default_rank,
@@ -28,7 +27,7 @@ from samplers._instep import (
     load_selector_state,
     selector_state,
 )
-from selection.importance import (
+from winnow.selection.importance import (
     last_layer_bound,
     sample_with_replacement,
     tau_threshold,

@@ -19,11 +19,10 @@ import math
 from typing import Any
 
 import numpy as np
-
-from samplers._dist import shard_length
-from samplers._epoch import EpochPlan, EpochSampler, TraceWriter, check_int
-from samplers._permute import choose_in_mask, permutation, permuted_nonzero
-from samplers.scores import ScoreTable
+from winnow.samplers._dist import shard_length
+from winnow.samplers._epoch import EpochPlan, EpochSampler, TraceWriter, check_int
+from winnow.samplers._permute import choose_in_mask, permutation, permuted_nonzero
+from winnow.samplers.scores import ScoreTable
 
 __all__ = ["InfoBatchSampler"]
 

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from samplers._instep import (
+from winnow.samplers._instep import (
     DeviceGenerators,
     IdTable,
     as_score_table,
@@ -40,7 +39,7 @@ from samplers._instep import (
     lookup_scores,
     selector_state,
 )
-from selection.jest import (
+from winnow.selection.jest import (
     LEARNABILITY_MODES,
     batch_size_for,
     frozen_pair_losses,

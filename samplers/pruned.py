@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from samplers._epoch import EpochPlan, EpochSampler, TraceWriter
-from samplers._permute import index_dtype, permuted
-from samplers.scores import ScoreTable
-from selection import choose
+from winnow.samplers._epoch import EpochPlan, EpochSampler, TraceWriter
+from winnow.samplers._permute import index_dtype, permuted
+from winnow.samplers.scores import ScoreTable
+from winnow.selection import choose
 
 __all__ = ["PrunedSampler"]
 

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from samplers._instep import (
+from winnow.samplers._instep import (
     DeviceGenerators,
     as_score_table,
     check_fraction,
@@ -38,8 +37,8 @@ from samplers._instep import (
     resolve_batch_size,
     selector_state,
 )
-from selection.choose_torch import gumbel_top_k_torch
-from selection.losses import per_example_cross_entropy
+from winnow.selection.choose_torch import gumbel_top_k_torch
+from winnow.selection.losses import per_example_cross_entropy
 
 __all__ = [
     "RhoLossSelector",

@@ -17,11 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from samplers._dist import shard_length
-from samplers._epoch import EpochPlan, EpochSampler, TraceWriter, check_int
-from samplers._permute import choose_in_mask, index_dtype, permutation, permuted, permuted_nonzero
-from samplers.scores import ScoreTable
+from winnow.samplers._dist import shard_length
+from winnow.samplers._epoch import EpochPlan, EpochSampler, TraceWriter, check_int
+from winnow.samplers._permute import (
+    choose_in_mask,
+    index_dtype,
+    permutation,
+    permuted,
+    permuted_nonzero,
+)
+from winnow.samplers.scores import ScoreTable
 
 __all__ = ["RS2Sampler"]
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from samplers._dist import all_gather_feedback, is_distributed
+from winnow.samplers._dist import all_gather_feedback, is_distributed
 
 __all__ = ["ScoreTable"]
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from samplers._instep import (
+from winnow.samplers._instep import (
     DeviceGenerators,
     check_fraction,
     check_losses,
@@ -25,7 +24,7 @@ from samplers._instep import (
     resolve_batch_size,
     selector_state,
 )
-from selection.choose_torch import gumbel_top_k_torch
+from winnow.selection.choose_torch import gumbel_top_k_torch
 
 __all__ = ["TopLossSelector"]
 

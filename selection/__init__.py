@@ -1,6 +1,6 @@
 """The math of data selection: per-example scores and choosers. Arrays in, arrays out."""
 
-from selection.choose import (
+from winnow.selection.choose import (
     bottom_k,
     class_budgets,
     gumbel_top_k,
@@ -12,8 +12,8 @@ from selection.choose import (
     top_k,
     uniform,
 )
-from selection.choose_torch import gumbel_top_k_torch
-from selection.embed import (
+from winnow.selection.choose_torch import gumbel_top_k_torch
+from winnow.selection.embed import (
     KMeansResult,
     SemDeDupResult,
     assign_to_centroids,
@@ -21,34 +21,34 @@ from selection.embed import (
     semdedup,
     spherical_kmeans,
 )
-from selection.gradnorm import per_example_grad_norms
-from selection.importance import (
+from winnow.selection.gradnorm import per_example_grad_norms
+from winnow.selection.importance import (
     last_layer_bound,
     sample_with_replacement,
     tau_threshold,
     variance_reduction,
 )
-from selection.jest import (
+from winnow.selection.jest import (
     jest_scores,
     joint_learnability,
     joint_sample,
     sample_per_example,
 )
-from selection.losses import (
+from winnow.selection.losses import (
     as_per_example,
     per_example_cross_entropy,
     per_example_mse,
     sequence_loss,
     sigmoid_pair_losses,
 )
-from selection.noise_scale import (
+from winnow.selection.noise_scale import (
     NoiseScaleEstimate,
     NoiseScaleTracker,
     grad_sq_norm,
     noise_scale_from_per_example,
     noise_scale_two_batches,
 )
-from selection.scores import (
+from winnow.selection.scores import (
     ForgettingTracker,
     el2n,
     entropy,

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
-from selection._checks import as_score_array, check_count, check_fraction, check_rng
-from selection._ranking import EMPTY, order_by_score, rank_window
+from winnow.selection._checks import as_score_array, check_count, check_fraction, check_rng
+from winnow.selection._ranking import EMPTY, order_by_score, rank_window
 
 __all__ = [
     "CHOOSERS",

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from selection._checks import check_rng
+from winnow.selection._checks import check_rng
 
 __all__ = [
     "KMeansResult",

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-from selection._ghost import rule_for
+from winnow.selection._ghost import rule_for
 
 __all__ = ["per_example_grad_norms"]
 

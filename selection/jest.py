@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from selection.choose_torch import gumbel_top_k_torch
+from winnow.selection.choose_torch import gumbel_top_k_torch
 
 __all__ = [
     "LEARNABILITY_MODES",

@@ -6,15 +6,15 @@
 >>> s.sql("SELECT example_id, value FROM scores WHERE metric = 'loss' ORDER BY value DESC LIMIT 10")
 """
 
-from store.errors import (
+from winnow.store.errors import (
     CorruptFileError,
     ReadOnlyQueryError,
     StoreLookupError,
     UnknownMetricError,
     UnknownRunError,
 )
-from store.score_store import ScoreStore
-from store.trace import TraceWriter
+from winnow.store.score_store import ScoreStore
+from winnow.store.trace import TraceWriter
 
 __all__ = [
     "CorruptFileError",

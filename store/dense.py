@@ -16,10 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from store.errors import CorruptFileError
-from store.files import SCORES_SCHEMA, check_schema
-from store.layout import StoreFS
+from winnow.store.errors import CorruptFileError
+from winnow.store.files import SCORES_SCHEMA, check_schema
+from winnow.store.layout import StoreFS
 
 __all__ = ["read_dense"]
 

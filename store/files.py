@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from store.errors import CorruptFileError
-from store.layout import StoreFS
+from winnow.store.errors import CorruptFileError
+from winnow.store.layout import StoreFS
 
 __all__ = [
     "SCORES_SCHEMA",

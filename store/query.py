@@ -23,10 +23,9 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-
-from store.errors import ReadOnlyQueryError
-from store.files import SCORES_SCHEMA, TRACE_SCHEMA
-from store.layout import SHARD_GLOB, StoreFS
+from winnow.store.errors import ReadOnlyQueryError
+from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA
+from winnow.store.layout import SHARD_GLOB, StoreFS
 
 __all__ = ["SqlEngine"]
 

@@ -8,16 +8,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-
-from store import manifest as mf
-from store import vectors as vec
-from store.dense import read_dense
-from store.errors import UnknownMetricError, UnknownRunError
-from store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
-from store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
-from store.query import SqlEngine
-from store.trace import TraceWriter
-from store.validation import check_ids, check_same_length, check_values
+from winnow.store import manifest as mf
+from winnow.store import vectors as vec
+from winnow.store.dense import read_dense
+from winnow.store.errors import UnknownMetricError, UnknownRunError
+from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
+from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
+from winnow.store.query import SqlEngine
+from winnow.store.trace import TraceWriter
+from winnow.store.validation import check_ids, check_same_length, check_values
 
 __all__ = ["ScoreStore"]
 

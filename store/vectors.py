@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
-from store.files import read_checked, vectors_schema
-from store.layout import StoreFS
-from store.validation import check_same_length
+from winnow.store.files import read_checked, vectors_schema
+from winnow.store.layout import StoreFS
+from winnow.store.validation import check_same_length
 
 __all__ = ["read_vectors", "vectors_table"]
 

@@ -38,7 +38,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def mnist1d_small():
     """MNIST-1D, default generator settings (4000 train / 1000 test), float32/int64 arrays."""
-    from pipelines.toydata import make_mnist1d
+    from winnow.pipelines.toydata import make_mnist1d
 
     return make_mnist1d(num_samples=5000, seed=42)
 

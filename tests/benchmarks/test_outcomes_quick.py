@@ -72,7 +72,7 @@ def test_cli_reports_bad_arguments_and_missing_package(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from pipelines.cli import main; sys.exit(main())",
+            "import sys; from winnow.pipelines.cli import main; sys.exit(main())",
             "bench",
             "--quick",
         ],

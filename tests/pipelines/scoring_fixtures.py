@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
-
-from pipelines.toydata import MLP
+from winnow.pipelines.toydata import MLP
 
 __all__ = [
     "BAD_MARKER",

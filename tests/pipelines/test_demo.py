@@ -3,9 +3,8 @@
 import io
 
 import pytest
-
-from pipelines.demo import run_demo
-from store import ScoreStore
+from winnow.pipelines.demo import run_demo
+from winnow.store import ScoreStore
 
 
 @pytest.mark.timeout(150)

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from winnow.pipelines.cli import main
+from winnow.pipelines.embed import write_embedding_metrics
+from winnow.pipelines.scorer import BatchScorer, scalar_outputs, validate_metrics
+from winnow.store import ScoreStore
 
-from pipelines.cli import main
-from pipelines.embed import write_embedding_metrics
-from pipelines.scorer import BatchScorer, scalar_outputs, validate_metrics
-from store import ScoreStore
 from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
 
 FIX = "tests.pipelines.scoring_fixtures"
@@ -90,7 +90,7 @@ def test_score_command_reports_a_failing_model_with_exit_code_1(tmp_path, capsys
 
 
 def test_unreadable_dataset_item_is_named(tmp_path):
-    import pipelines
+    from winnow import pipelines
 
     source = pipelines.DatasetSource(f"{FIX}:broken_dataset", {"n": 100, "bad": 42})
     with pytest.raises(pipelines.ShardError, match="shard 1 failed, first failing example_id 42"):
@@ -101,7 +101,7 @@ def test_unreadable_dataset_item_is_named(tmp_path):
 
 def test_batch_scorer_learnability_and_margin_match_torch():
     model, reference = mlp(0).eval(), mlp(1).eval()
-    from selection.losses import per_example_cross_entropy
+    from winnow.selection.losses import per_example_cross_entropy
 
     scorer = BatchScorer(
         model,
@@ -129,7 +129,7 @@ def test_batch_scorer_learnability_and_margin_match_torch():
 
 
 def test_embedding_needs_embed_method_or_layer():
-    from selection.losses import per_example_cross_entropy
+    from winnow.selection.losses import per_example_cross_entropy
 
     with pytest.raises(ValueError, match="no embed\\(\\) method"):
         BatchScorer(sequential_net(), per_example_cross_entropy, ("embedding",))
@@ -142,7 +142,7 @@ def test_winnow_script_finds_factories_in_the_working_directory(tmp_path):
     from pathlib import Path
 
     (tmp_path / "my_models.py").write_text(
-        "from pipelines.toydata import MLP\n\ndef build():\n    return MLP(40, 8)\n"
+        "from winnow.pipelines.toydata import MLP\n\ndef build():\n    return MLP(40, 8)\n"
     )
     write_parquet(tmp_path / "data", *make_arrays(30))
     winnow = Path(sys.executable).with_name("winnow")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from winnow.store import ScoreStore
 
-import pipelines
-from store import ScoreStore
 from tests.pipelines.scoring_fixtures import make_arrays, write_parquet
+from winnow import pipelines
 
 N, SHARD = 1800, 100  # 18 shards
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _job_args(data: Path, store: Path, run: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipelines.job",
+        sys.executable, "-m", "winnow.pipelines.job",
         "--data", str(data), "--feature-columns", "x",
         "--model", "tests.pipelines.scoring_fixtures:slow_mlp",
         "--metrics", "loss,el2n", "--store", str(store), "--run", run,

@@ -6,10 +6,9 @@ import re
 
 import numpy as np
 import pytest
-
-from pipelines.cli import main as cli_main
-from pipelines.report import render_report, write_report
-from store import ScoreStore
+from winnow.pipelines.cli import main as cli_main
+from winnow.pipelines.report import render_report, write_report
+from winnow.store import ScoreStore
 
 N = 600
 EPOCHS = 4

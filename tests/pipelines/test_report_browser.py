@@ -12,9 +12,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from pipelines.report import render_report
-from store import ScoreStore
+from winnow.pipelines.report import render_report
+from winnow.store import ScoreStore
 
 _FLAGS = (
     "--headless",

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from winnow.pipelines.scorer import ShardError
+from winnow.store import ScoreStore
 
-import pipelines
-from pipelines.scorer import ShardError
-from store import ScoreStore
 from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
+from winnow import pipelines
 
 FIX = "tests.pipelines.scoring_fixtures"
 
@@ -225,7 +225,7 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [
-        sys.executable, "-m", "pipelines.job", "--data", f"{FIX}:tensor_dataset",
+        sys.executable, "-m", "winnow.pipelines.job", "--data", f"{FIX}:tensor_dataset",
         "--model", f"{FIX}:mlp", "--store", str(tmp_path / "store"), "--run", "joined",
         "--address", address, "--shard-size", "100",
     ]  # fmt: skip

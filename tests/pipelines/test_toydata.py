@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-
-from pipelines.toydata import MLP, SmallCNN, add_label_noise, make_mnist1d
+from winnow.pipelines.toydata import MLP, SmallCNN, add_label_noise, make_mnist1d
 
 
 def test_mnist1d_shapes_and_global_rng_untouched(tmp_path):

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-
-from samplers.hardbatch import HardBatchSampler
-from samplers.indexed import IndexedDataset
+from winnow.samplers.hardbatch import HardBatchSampler
+from winnow.samplers.indexed import IndexedDataset
 
 
 class Losses:

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from samplers.importance import ImportanceSelector
+from winnow.samplers.importance import ImportanceSelector
 
 
 def test_importance_gate_stays_uniform_until_tau_exceeds_threshold():

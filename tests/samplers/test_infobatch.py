@@ -8,8 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
-
-from samplers import IndexedDataset, InfoBatchSampler, ScoreTable
+from winnow.samplers import IndexedDataset, InfoBatchSampler, ScoreTable
 
 
 def seeded(values, **kwargs):

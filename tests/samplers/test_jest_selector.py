@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
-from pipelines.toydata import MLP
-from samplers.jest import JESTSelector, score_super_batch
-from selection.jest import jest_scores, joint_learnability
-from selection.losses import per_example_cross_entropy, sigmoid_pair_losses
-from store import ScoreStore
+from winnow.pipelines.toydata import MLP
+from winnow.samplers.jest import JESTSelector, score_super_batch
+from winnow.selection.jest import jest_scores, joint_learnability
+from winnow.selection.losses import per_example_cross_entropy, sigmoid_pair_losses
+from winnow.store import ScoreStore
 
 
 def test_select_reads_reference_by_example_id():

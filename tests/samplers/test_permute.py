@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from samplers import _permute
-from samplers._permute import choose_in_mask, permutation, permuted, permuted_nonzero
+from winnow.samplers import _permute
+from winnow.samplers._permute import choose_in_mask, permutation, permuted, permuted_nonzero
 
 
 @settings(max_examples=40, deadline=None)

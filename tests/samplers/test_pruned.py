@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from samplers import PrunedSampler
+from winnow.samplers import PrunedSampler
 
 
 def scores_100():

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
-from samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
+from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
 
 N, EPOCHS, BATCH = 300, 6, 32
 LABELS = np.arange(N) % 3

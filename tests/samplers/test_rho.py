@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
-
-from pipelines.toydata import MLP
-from samplers.rho import (
+from winnow.pipelines.toydata import MLP
+from winnow.samplers.rho import (
     RhoLossSelector,
     holdout_split,
     score_irreducible_losses,
     train_irreducible_model,
     train_twin_irreducible,
 )
-from store import ScoreStore
+from winnow.store import ScoreStore
 
 
 def test_top_k_of_reducible_loss_by_example_id():
@@ -148,9 +147,9 @@ def _train_on_stream(x, y, train_ids, x_test, y_test, *, selector, steps, seed, 
     """AdamW on a SmallCNN; each step draws ``n_B`` ids (320 with a selector, else 32) without
     replacement from a reshuffled stream and trains on the selected 32. Returns the test
     accuracy every ``eval_every`` steps and the ids trained on."""
-    from pipelines.toydata import SmallCNN
-    from samplers.jest import score_super_batch
-    from selection.losses import per_example_cross_entropy
+    from winnow.pipelines.toydata import SmallCNN
+    from winnow.samplers.jest import score_super_batch
+    from winnow.selection.losses import per_example_cross_entropy
 
     torch.manual_seed(seed)
     model = SmallCNN()
@@ -185,7 +184,7 @@ def _train_on_stream(x, y, train_ids, x_test, y_test, *, selector, steps, seed, 
 def test_rho_loss_on_noisy_mnist1d_avoids_noise_and_learns_faster():
     """ALGORITHMS.md §14 #7 at CPU scale: MNIST-1D (8000 generated, 6400 train), 20 % symmetric
     label noise, parity holdout, the same small CNN as IL model and learner, n_B=320, n_b=32."""
-    from pipelines.toydata import SmallCNN, add_label_noise, make_mnist1d
+    from winnow.pipelines.toydata import SmallCNN, add_label_noise, make_mnist1d
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: extra threads only contend on shared CI cores

@@ -7,8 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from samplers import RS2Sampler, compressed_cosine, cosine_lambda
+from winnow.samplers import RS2Sampler, compressed_cosine, cosine_lambda
 
 
 @settings(max_examples=40, deadline=None)

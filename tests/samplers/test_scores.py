@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-
-from samplers import InfoBatchSampler, ScoreTable
+from winnow.samplers import InfoBatchSampler, ScoreTable
 
 
 def test_feedback_is_deferred_until_flush_and_latest_wins():
@@ -84,7 +83,7 @@ def test_state_round_trip_keeps_pending_feedback():
 
 
 def test_seed_from_a_stored_run(tmp_path):
-    from store import ScoreStore
+    from winnow.store import ScoreStore
 
     store = ScoreStore(tmp_path / "store")
     store.write("warmup", "loss", np.array([0, 2, 3]), np.array([0.5, 2.5, 0.1]))

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
-
-from samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
+from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
 
 # torchdata 0.11 calls a deprecated torch API in StatefulDataLoader.__init__.
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")

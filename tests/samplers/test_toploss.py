@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from samplers.toploss import TopLossSelector
+from winnow.samplers.toploss import TopLossSelector
 
 
 def test_top_loss_keeps_the_largest_losses():

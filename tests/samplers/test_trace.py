@@ -5,10 +5,9 @@ import io
 
 import numpy as np
 import torch
-
-from pipelines.cli import main
-from samplers import InfoBatchSampler, PrunedSampler
-from store import ScoreStore
+from winnow.pipelines.cli import main
+from winnow.samplers import InfoBatchSampler, PrunedSampler
+from winnow.store import ScoreStore
 
 
 def test_which_examples_were_pruned_in_epoch_3(tmp_path, capsys):

@@ -14,9 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-
-from pipelines.toydata import SmallCNN
-from samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler, cosine_lambda
+from winnow.pipelines.toydata import SmallCNN
+from winnow.samplers import (
+    IndexedDataset,
+    InfoBatchSampler,
+    PrunedSampler,
+    RS2Sampler,
+    cosine_lambda,
+)
 
 EPOCHS, BATCH, LR = 30, 128, 1e-2
 

@@ -6,10 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from selection import choose
-from selection._ranking import order_by_score
-from selection.choose import (
+from winnow.selection import choose
+from winnow.selection._ranking import order_by_score
+from winnow.selection.choose import (
     bottom_k,
     class_budgets,
     gumbel_top_k,

@@ -3,8 +3,7 @@
 import faiss
 import numpy as np
 import pytest
-
-from selection.embed import (
+from winnow.selection.embed import (
     assign_to_centroids,
     class_prototype_distance,
     l2_normalize,

@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pipelines.toydata import MLP, SmallCNN
-from selection.gradnorm import per_example_grad_norms
-from selection.losses import per_example_cross_entropy, sequence_loss
+from winnow.pipelines.toydata import MLP, SmallCNN
+from winnow.selection.gradnorm import per_example_grad_norms
+from winnow.selection.losses import per_example_cross_entropy, sequence_loss
 
 RTOL = 1e-4
 # vmap over scaled_dot_product_attention has no batching rule on CPU (slow path, still exact).

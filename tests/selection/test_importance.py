@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from selection.importance import (
+from winnow.selection.importance import (
     last_layer_bound,
     sample_with_replacement,
     tau_threshold,

@@ -6,9 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from selection.choose_torch import gumbel_top_k_torch
-from selection.jest import (
+from winnow.selection.choose_torch import gumbel_top_k_torch
+from winnow.selection.jest import (
     batch_size_for,
     chunk_sizes,
     frozen_pair_losses,
@@ -17,7 +16,7 @@ from selection.jest import (
     joint_sample,
     sample_per_example,
 )
-from selection.losses import sigmoid_pair_losses
+from winnow.selection.losses import sigmoid_pair_losses
 
 DRAWS = 12_000
 

@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from pipelines.toydata import MLP
-from selection.gradnorm import per_example_grad_norms
-from selection.losses import per_example_cross_entropy
-from selection.noise_scale import (
+from winnow.pipelines.toydata import MLP
+from winnow.selection.gradnorm import per_example_grad_norms
+from winnow.selection.losses import per_example_cross_entropy
+from winnow.selection.noise_scale import (
     NoiseScaleEstimate,
     NoiseScaleTracker,
     grad_sq_norm,

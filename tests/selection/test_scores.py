@@ -7,10 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from selection.gradnorm import per_example_grad_norms
-from selection.losses import per_example_cross_entropy
-from selection.scores import (
+from winnow.selection.gradnorm import per_example_grad_norms
+from winnow.selection.losses import per_example_cross_entropy
+from winnow.selection.scores import (
     ForgettingTracker,
     el2n,
     entropy,

@@ -1,8 +1,7 @@
 """Fixtures for store tests: a fresh store in a temporary directory."""
 
 import pytest
-
-from store import ScoreStore
+from winnow.store import ScoreStore
 
 
 @pytest.fixture

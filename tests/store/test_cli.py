@@ -9,9 +9,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
-from pipelines.cli import main
-from store import ScoreStore
+from winnow.pipelines.cli import main
+from winnow.store import ScoreStore
 
 
 @pytest.fixture
@@ -101,7 +100,7 @@ def test_shell_reads_piped_statements_and_survives_errors(filled):
         ]
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "shell", "--store", str(filled)],
+        [sys.executable, "-m", "winnow.pipelines.cli", "shell", "--store", str(filled)],
         input=script,
         capture_output=True,
         text=True,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from store import ScoreStore
+from winnow.store import ScoreStore
 
 _ROWS_PER_SHARD = 50_000
 
@@ -61,7 +60,7 @@ def test_two_processes_write_shards_of_one_run_concurrently(tmp_path):
 _KILLED_WRITER = """
 import sys
 import numpy as np
-from store import ScoreStore
+from winnow.store import ScoreStore
 n = int(sys.argv[2])
 rng = np.random.default_rng(0)
 values = rng.random(n, dtype=np.float32)

@@ -4,8 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from store import CorruptFileError, UnknownMetricError, UnknownRunError
+from winnow.store import CorruptFileError, UnknownMetricError, UnknownRunError
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-
-from store import UnknownRunError
+from winnow.store import UnknownRunError
 
 
 def test_begin_then_finish_records_counts_from_files(store):

@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-
-from store import ReadOnlyQueryError, ScoreStore
+from winnow.store import ReadOnlyQueryError, ScoreStore
 
 
 def _fill(store):

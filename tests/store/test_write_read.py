@@ -6,9 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from store import ScoreStore
-from store.validation import check_ids
+from winnow.store import ScoreStore
+from winnow.store.validation import check_ids
 
 
 @settings(max_examples=25, deadline=None)
