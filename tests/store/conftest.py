@@ -1,6 +1,7 @@
 """Fixtures for store tests: a fresh store in a temporary directory."""
 
 import pytest
+
 from winnow.store import ScoreStore
 
 

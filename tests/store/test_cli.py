@@ -9,6 +9,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+
 from winnow.pipelines.cli import main
 from winnow.store import ScoreStore
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from winnow.store import ScoreStore
 
 _ROWS_PER_SHARD = 50_000

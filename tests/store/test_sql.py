@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+
 from winnow.store import ReadOnlyQueryError, ScoreStore
 
 
