@@ -159,7 +159,7 @@ def rs2(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
     sampler = RS2Sampler(run.task.num_examples, cfg.ratio, replacement=False, seed=run.seed)
     b, rounds = run.recipe.batch_size, run.recipe.epochs
-    total = sampler.total_steps(b, rounds)
+    total = sampler.total_steps(b, rounds, drop_last=True)
     run.begin_training()
     done = 0
     for r in range(rounds):
@@ -266,7 +266,7 @@ def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     from winnow.samplers.importance import ImportanceSelector
 
-    selector = ImportanceSelector(run.recipe.batch_size, seed=run.seed)
+    selector = ImportanceSelector(batch_size=run.recipe.batch_size, seed=run.seed)
     y = run.task.y
 
     def choose(ids):
@@ -285,7 +285,7 @@ def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
         run.recipe.epochs,
         seed=run.seed + 1,
     )
-    total = sampler.total_steps
+    total = sampler.total_steps()
     run.begin_training()
     done = 0
     for epoch in range(run.recipe.epochs):

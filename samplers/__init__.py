@@ -1,21 +1,29 @@
 """PyTorch integration: epoch samplers and in-step batch selectors.
 
-Epoch samplers (sample-then-batch): :class:`InfoBatchSampler`, :class:`RS2Sampler`,
-:class:`PrunedSampler`, fed by :class:`IndexedDataset` ids and ``update``/``reweight`` feedback
-into a shared :class:`ScoreTable`.
+Epoch samplers (sample-then-batch): :class:`EpochSampler` runs a method's :class:`EpochPolicy`
+(:class:`InfoBatch`, :class:`RS2`, :class:`StaticSubset`, or your own; docs/extending.md) and owns
+sharding, iteration, feedback, trace and checkpoints. :class:`InfoBatchSampler`,
+:class:`RS2Sampler` and :class:`PrunedSampler` are those policies ready to use. Items come from
+:class:`IndexedDataset` with their ``example_id``; ``update``/``reweight`` feed losses back into
+a shared :class:`ScoreTable`.
 
-In-step selectors (batch-then-sample): :class:`JESTSelector`, :class:`RhoLossSelector`,
-:class:`TopLossSelector`, :class:`ImportanceSelector` pick rows of a super-batch inside the step
-(learner scores from :func:`score_super_batch`) and return ``(rows, weights)``;
-:class:`HardBatchSampler` is DyBAT's batch sampler over a fixed partition.
+In-step selectors (batch-then-sample): subclasses of :class:`InStepSelector`
+(:class:`JESTSelector`, :class:`RhoLossSelector`, :class:`TopLossSelector`,
+:class:`ImportanceSelector`) pick rows of a super-batch inside the step (learner scores from
+:func:`score_super_batch`) and return ``(rows, weights)``; :class:`HardBatchSampler` is DyBAT's
+batch sampler over a fixed partition.
+
+Every ``state_dict()`` holds only tensors and plain values (``torch.load`` defaults read it) and
+``load_state_dict`` refuses another configuration (docs/conventions.md).
 """
 
+from winnow.samplers.epoch import EpochPlan, EpochPolicy, EpochSampler, SeedStreams, TraceWriter
 from winnow.samplers.hardbatch import HardBatchSampler
 from winnow.samplers.importance import ImportanceSelector
 from winnow.samplers.indexed import IndexedDataset
-from winnow.samplers.infobatch import InfoBatchSampler
+from winnow.samplers.infobatch import InfoBatch, InfoBatchSampler
 from winnow.samplers.jest import JESTSelector, score_super_batch
-from winnow.samplers.pruned import PrunedSampler
+from winnow.samplers.pruned import PrunedSampler, StaticSubset
 from winnow.samplers.rho import (
     RhoLossSelector,
     holdout_split,
@@ -23,27 +31,37 @@ from winnow.samplers.rho import (
     train_irreducible_model,
     train_twin_irreducible,
 )
-from winnow.samplers.rs2 import RS2Sampler
+from winnow.samplers.rs2 import RS2, RS2Sampler
 from winnow.samplers.schedule import compressed_cosine, cosine_lambda
-from winnow.samplers.scores import ScoreTable
+from winnow.samplers.score_table import ScoreTable
+from winnow.samplers.selector import InStepSelector
 from winnow.samplers.toploss import TopLossSelector
 
 __all__ = [
+    "EpochPlan",
+    "EpochPolicy",
+    "EpochSampler",
     "HardBatchSampler",
     "ImportanceSelector",
+    "InStepSelector",
+    "IndexedDataset",
+    "InfoBatch",
+    "InfoBatchSampler",
     "JESTSelector",
+    "PrunedSampler",
+    "RS2",
+    "RS2Sampler",
     "RhoLossSelector",
+    "ScoreTable",
+    "SeedStreams",
+    "StaticSubset",
     "TopLossSelector",
+    "TraceWriter",
+    "compressed_cosine",
+    "cosine_lambda",
     "holdout_split",
     "score_irreducible_losses",
     "score_super_batch",
     "train_irreducible_model",
     "train_twin_irreducible",
-    "IndexedDataset",
-    "InfoBatchSampler",
-    "PrunedSampler",
-    "RS2Sampler",
-    "ScoreTable",
-    "compressed_cosine",
-    "cosine_lambda",
 ]

@@ -2,7 +2,8 @@
 
 Input checks in one place, the lookup of stored per-example scores by ``example_id``, and the
 per-device ``torch.Generator`` each selector owns (so selection on a GPU draws its noise on the
-GPU and never synchronises with the host).
+GPU and never synchronises with the host). The public base that uses them is
+:class:`winnow.samplers.selector.InStepSelector`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ __all__ = [
     "ids_to_numpy",
     "lookup_scores",
     "resolve_batch_size",
-    "load_selector_state",
-    "selector_state",
 ]
 
 _SHOW_IDS = 10  # how many offending ids an error message lists
@@ -95,6 +94,13 @@ def as_score_table(values, *, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be a 1-D array indexed by example_id, got shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise TypeError(f"{what} must be a float array (NaN = missing), got dtype {arr.dtype}")
+    infinite = np.isinf(arr)
+    if infinite.any():
+        bad = np.flatnonzero(infinite)
+        raise ValueError(
+            f"{what} has {bad.shape[0]} infinite values (example ids {_show(bad)}); expected "
+            "finite values, or NaN for examples without a score"
+        )
     return arr
 
 
@@ -243,39 +249,3 @@ class DeviceGenerators:
         self._gens.clear()
         for key, value in state.items():
             self.get(torch.device(key)).set_state(value)
-
-
-_SELECTOR_STATE_VERSION = 1
-
-
-def selector_state(selector, **extra) -> dict:
-    """A selector's small checkpoint: seed, rank, step count and its generators' states.
-
-    ``selector`` has ``seed``, ``rank``, ``steps`` and ``_gens`` (:class:`DeviceGenerators`);
-    ``extra`` adds selector-specific entries. Score tables are not included.
-    """
-    return {
-        "version": _SELECTOR_STATE_VERSION,
-        "seed": selector.seed,
-        "rank": selector.rank,
-        "steps": selector.steps,
-        "generators": selector._gens.state_dict(),
-        **extra,
-    }
-
-
-def load_selector_state(selector, state: dict) -> None:
-    """Restore what :func:`selector_state` saved, so the selector resumes its exact noise stream.
-
-    Refuses a state of another version, seed or rank (that would be another stream).
-    """
-    name = type(selector).__name__
-    if state.get("version") != _SELECTOR_STATE_VERSION:
-        raise ValueError(f"unknown {name} state version {state.get('version')!r}")
-    if state["seed"] != selector.seed or state["rank"] != selector.rank:
-        raise ValueError(
-            f"state is for seed={state['seed']}, rank={state['rank']}; this {name} has "
-            f"seed={selector.seed}, rank={selector.rank}"
-        )
-    selector.steps = int(state["steps"])
-    selector._gens.load_state_dict(state["generators"])

@@ -1,35 +1,25 @@
-"""The machinery every epoch sampler shares: plan caching, DDP shards, resume, feedback, trace.
+"""Epoch samplers: a method's :class:`EpochPolicy` run by the one shared :class:`EpochSampler`.
 
-Contract for a concrete sampler (the only thing it implements):
+A new epoch method is one policy (docs/extending.md): it turns the settled score snapshot into
+an :class:`EpochPlan` (ordered ids and loss weights) with :meth:`EpochPolicy.plan`. Everything
+else is the sampler's: DDP shards exactly as ``DistributedSampler``, iteration from any position,
+feedback into the shared :class:`ScoreTable`, loss reweighting, the trace, checkpoints and step
+counts. The plan of epoch ``e`` is a pure function of (score snapshot, seed, ``e``, the
+policy's own small state), built once when epoch ``e`` is first needed after ``set_epoch(e)``.
 
-    _make_plan(epoch) -> EpochPlan
+Resume has one path, ``sampler.load_state_dict(state)`` (docs/conventions.md):
 
-a pure function of (settled score snapshot, seed, epoch, the sampler's own small state). This
-base class then shards the plan per rank exactly as ``DistributedSampler`` does, iterates it
-from any position, records feedback into ``self.scores`` and applies the plan's loss weights.
-The plan for epoch ``e`` is built once, in ``set_epoch(e)`` (after settling pending feedback);
-calling ``set_epoch`` again with the same epoch keeps it, which is what lets a resumed run
-rebuild exactly the interrupted plan.
-
-Resume protocol (plain ``DataLoader`` and torchdata's ``StatefulDataLoader``):
-
-- ``state_dict()`` reports the position of the live iterator; ``load_state_dict`` makes the next
-  ``iter(sampler)`` start there. With a plain DataLoader the caller passes the consumed position.
-- ``StatefulDataLoader`` wraps the sampler in its own ``BatchSampler`` and treats it as
-  ``Stateful``: it calls ``sampler.state_dict()`` right after drawing each batch's ids (with
-  workers: when the batch is dispatched, kept until that batch is *yielded*), so the state it
-  returns is the one after the last consumed batch, never the prefetched position. Its
-  ``load_state_dict`` only stores the state; the next ``iter(loader)`` calls ``iter(sampler)``,
-  then ``sampler.load_state_dict(...)``, then ``iter(sampler)`` again, with no fast-forward.
-- A restored loop calls ``set_epoch(e)`` before that late load, on a score table restored with
-  the interrupted epoch's unsettled feedback; settling it then would change the plan. So
-  ``iter(sampler)`` is lazy (nothing runs until the first id is drawn), and ``set_epoch`` on a
-  sampler that has never planned nor loaded a state *while its score table holds unsettled
-  feedback* (the signature of a restore) is deferred to the first draw or plan query. The loaded
-  state then wins for its own epoch (nothing settled early, same position); a later ``e``
-  settles and replans from position 0 (the loaded epoch was finished); an earlier ``e`` raises.
-  Query ``len(loader)`` / ``sampler.plan`` only after the first batch of such a restored run:
-  before it they would apply ``set_epoch`` ahead of the loader's state.
+- with a plain ``DataLoader`` the caller loads the score table, then the sampler state (saved
+  with the consumed position), then calls ``set_epoch`` as usual;
+- torchdata's ``StatefulDataLoader`` calls ``state_dict()`` right after drawing each batch's ids
+  (the state it keeps is the one after the last *consumed* batch), and on resume calls
+  ``iter(sampler)``, then ``load_state_dict``, then ``iter(sampler)`` again. A restored loop has
+  already called ``set_epoch(e)`` by then, on a score table restored with the interrupted
+  epoch's unsettled feedback; settling it at that point would change the plan. So a restored
+  table (:meth:`ScoreTable.load_state_dict` marks it) holds ``set_epoch`` until the sampler's
+  own state arrives (or the first id is drawn, when there is none), and ``iter`` is lazy. The
+  loaded state then wins for its own epoch; a later epoch settles and plans from position 0;
+  an earlier one raises.
 """
 
 from __future__ import annotations
@@ -41,16 +31,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-from winnow.samplers._dist import resolve_rank_world, shard
-from winnow.samplers.scores import ScoreTable, as_feedback_tensors
 
-__all__ = ["EpochPlan", "EpochSampler", "TraceWriter"]
+from winnow.samplers._dist import resolve_rank_world, shard, shard_length
+from winnow.samplers.score_table import ScoreTable, as_feedback_tensors
+from winnow.selection._state import check_state, make_state
 
+__all__ = ["EpochPlan", "EpochPolicy", "EpochSampler", "SeedStreams", "TraceWriter", "check_int"]
+
+_VERSION = 2
 _K_EPOCH = "epoch"
 _K_POSITION = "position"
-_K_SEED = "seed"
 _K_WORLD = "world_size"
-_K_NUM = "num_examples"
+_K_LENGTHS = "plan_lengths"
+_K_POLICY = "policy"
 _YIELD_CHUNK = 1 << 16
 
 
@@ -85,20 +78,79 @@ class EpochPlan:
     decision_known: np.ndarray | None = None
 
 
+class SeedStreams:
+    """Named random streams of one seed: ``streams(*keys)`` is a fresh ``np.random.Generator``.
+
+    A pure function of ``(seed, keys)``; the global numpy RNG is never touched. A policy draws an
+    epoch's randomness from ``streams(epoch)`` and anything that spans epochs (a permutation
+    cycled over several epochs, a subset fixed once) from its own constant keys.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = check_int("seed", seed, minimum=0)
+
+    def __call__(self, *keys: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *(int(k) for k in keys)])
+
+
+class EpochPolicy:
+    """What a method decides each epoch. Subclass it to add an epoch method (docs/extending.md).
+
+    Implement :meth:`plan` and :meth:`config`; override the rest only when needed.
+    ``num_examples`` (N) is the policy's dataset size; ``initial_score`` is the value a new
+    :class:`ScoreTable` gives never-seen examples; ``num_epochs`` (or None) is the run length
+    :meth:`EpochSampler.total_steps` uses when the caller gives none.
+    """
+
+    initial_score: float = 0.0
+    num_epochs: int | None = None
+
+    def __init__(self, num_examples: int):
+        self.num_examples = check_int("num_examples", num_examples, minimum=1)
+
+    @property
+    def name(self) -> str:
+        """The method's name in states and messages (the class name by default)."""
+        return type(self).__name__
+
+    def plan(self, epoch: int, scores: ScoreTable, rng: SeedStreams) -> EpochPlan:
+        """The full plan of ``epoch`` from the settled ``scores`` (a pure function)."""
+        raise NotImplementedError(f"{self.name} must implement plan(epoch, scores, rng)")
+
+    def config(self) -> dict[str, Any]:
+        """Plain values that identify this configuration (ratios, epochs...); a checkpoint of
+        another configuration is refused with the differing key named."""
+        raise NotImplementedError(f"{self.name} must implement config()")
+
+    def plan_length(self, epoch: int) -> int | None:
+        """Length of ``epoch``'s plan if known before it is planned, else None (then
+        :meth:`EpochSampler.total_steps` counts the epoch as full: an upper bound)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Mutable run state (tensors and plain values) that a resumed plan depends on."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        return None
+
+
 def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``; ``TypeError``/``ValueError`` naming it otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
 class EpochSampler(Sampler[int]):
-    """Base of the epoch samplers (see module docstring for the subclass contract).
+    """Runs an :class:`EpochPolicy` as a ``torch.utils.data.Sampler`` (see module docstring).
 
     Args:
-        num_examples: N; ids are ``0..N-1`` (wrap the dataset in ``IndexedDataset``).
-        seed: the plan of epoch ``e`` draws from ``np.random.default_rng([seed, e, ...])``.
+        policy: the method (``InfoBatch``, ``RS2``, ``StaticSubset`` or your own).
+        seed: the policy draws from :class:`SeedStreams` of this seed.
         rank, world_size: default from ``torch.distributed`` when initialised, else 0 and 1.
         drop_last: sharding as ``DistributedSampler(drop_last=...)``.
         scores: a :class:`ScoreTable` to share or pre-seed; a new one otherwise.
@@ -108,7 +160,7 @@ class EpochSampler(Sampler[int]):
 
     def __init__(
         self,
-        num_examples: int,
+        policy: EpochPolicy,
         *,
         seed: int = 0,
         rank: int | None = None,
@@ -116,19 +168,22 @@ class EpochSampler(Sampler[int]):
         drop_last: bool = False,
         scores: ScoreTable | None = None,
         trace: TraceWriter | None = None,
-        initial_score: float = 0.0,
     ):
-        self.num_examples = check_int("num_examples", num_examples, minimum=1)
-        self.seed = check_int("seed", seed, minimum=0)
+        if not isinstance(policy, EpochPolicy):
+            raise TypeError(f"policy must be an EpochPolicy, got {type(policy).__name__}")
+        self.policy = policy
+        self.num_examples = policy.num_examples
+        self.streams = SeedStreams(seed)
         self.rank, self.world_size = resolve_rank_world(rank, world_size)
         self.drop_last = bool(drop_last)
         if scores is None:
-            scores = ScoreTable(self.num_examples, initial=initial_score)
+            scores = ScoreTable(self.num_examples, initial=policy.initial_score)
         elif not isinstance(scores, ScoreTable):
             raise TypeError(f"scores must be a ScoreTable, got {type(scores).__name__}")
         elif scores.num_examples != self.num_examples:
             raise ValueError(
-                f"scores has {scores.num_examples} examples but num_examples={self.num_examples}"
+                f"scores has {scores.num_examples} examples but the policy has "
+                f"num_examples={self.num_examples}"
             )
         self.scores = scores
         if trace is not None and not callable(getattr(trace, "write", None)):
@@ -138,48 +193,40 @@ class EpochSampler(Sampler[int]):
         self._planned: int | None = None
         self._plan: EpochPlan | None = None
         self._shard: np.ndarray | None = None
+        self._lengths: dict[int, int] = {}
         self._weights: dict[tuple[torch.device, torch.dtype], torch.Tensor | None] = {}
         self._resume_at = 0
         self._cursor: tuple[int, int, Any] | None = None
-        self._pending_epoch: int | None = None
+        self._held_epoch: int | None = None
 
-    # ----------------------------------------------------------------- subclass contract
-    def _make_plan(self, epoch: int) -> EpochPlan:
-        raise NotImplementedError
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        return None
-
-    def _rng(self, *keys: int) -> np.random.Generator:
-        """A private generator for (seed, *keys); the global numpy RNG is never touched."""
-        return np.random.default_rng([self.seed, *keys])
+    @property
+    def seed(self) -> int:
+        return self.streams.seed
 
     # ----------------------------------------------------------------- epochs and plans
     @property
     def epoch(self) -> int:
-        return self._epoch if self._pending_epoch is None else self._pending_epoch
+        return self._epoch if self._held_epoch is None else self._held_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Settle pending feedback (a collective under DDP) and plan ``epoch``.
 
         Idempotent for the epoch already planned, so ``load_state_dict`` then
-        ``set_epoch(same epoch)`` resumes the interrupted plan unchanged. Deferred to the first
-        draw on a restored score table not yet matched by a sampler state (resume protocol).
+        ``set_epoch(same epoch)`` resumes the interrupted plan unchanged. Held until the
+        sampler's state is loaded when the score table was just restored (module docstring).
         """
         epoch = check_int("epoch", epoch, minimum=0)
-        if self._planned is None and self.scores.num_pending:
-            self._pending_epoch = epoch
+        if self.scores.restored and self._planned is None:
+            self._held_epoch = epoch
             return
-        self._pending_epoch = None
+        self._held_epoch = None
         if epoch == self._planned:
             return
         self._settle_and_plan(epoch)
 
-    def _apply_pending_epoch(self) -> None:
-        epoch, self._pending_epoch = self._pending_epoch, None
+    def _apply_held_epoch(self) -> None:
+        epoch, self._held_epoch = self._held_epoch, None
+        self.scores.restored = False
         if epoch is None or epoch == self._planned:
             return
         if self._planned is not None and epoch < self._planned:
@@ -198,16 +245,21 @@ class EpochSampler(Sampler[int]):
     def _build(self) -> None:
         # Drop the previous plan first so two plans never coexist (bytes per example at 10^8).
         self._plan, self._shard, self._weights, self._cursor = None, None, {}, None
-        plan = self._make_plan(self._epoch)
+        plan = self.policy.plan(self._epoch, self.scores, self.streams)
+        if not isinstance(plan, EpochPlan):
+            raise TypeError(
+                f"{self.policy.name}.plan() must return an EpochPlan, got {type(plan).__name__}"
+            )
         self._plan = plan
         self._planned = self._epoch
+        self._lengths[self._epoch] = int(len(plan.ids))
         self._shard = shard(plan.ids, self.rank, self.world_size, drop_last=self.drop_last)
         if self._trace is not None and self.rank == 0:
             self._write_trace(plan)
 
     def _ensure_plan(self) -> np.ndarray:
-        if self._pending_epoch is not None:
-            self._apply_pending_epoch()
+        if self._held_epoch is not None or self.scores.restored:
+            self._apply_held_epoch()
         if self._shard is None:
             self._build()
         assert self._shard is not None
@@ -232,9 +284,41 @@ class EpochSampler(Sampler[int]):
 
     def steps_per_epoch(self, batch_size: int, *, drop_last: bool = False) -> int:
         """Optimiser steps this rank takes in the current epoch at ``batch_size``."""
+        return _steps(len(self), check_int("batch_size", batch_size, minimum=1), drop_last)
+
+    def total_steps(
+        self, batch_size: int, num_epochs: int | None = None, *, drop_last: bool = False
+    ) -> int:
+        """Optimiser steps of ``num_epochs`` epochs on this rank, for step-based LR schedulers.
+
+        ``num_epochs`` defaults to the policy's own run length (InfoBatch's ``num_epochs``).
+        Exact for epochs already planned and for epochs whose length the policy knows in
+        advance; an epoch whose length depends on future losses counts as full (an upper bound,
+        so a scheduler built on it never runs past its end). ``drop_last`` is the DataLoader's.
+        """
         batch_size = check_int("batch_size", batch_size, minimum=1)
-        n = len(self)
-        return n // batch_size if drop_last else -(-n // batch_size)
+        if num_epochs is None:
+            num_epochs = self.policy.num_epochs
+            if num_epochs is None:
+                raise ValueError(
+                    f"{self.policy.name} has no fixed run length; pass num_epochs to total_steps"
+                )
+        num_epochs = check_int("num_epochs", num_epochs, minimum=0)
+        total = 0
+        for epoch in range(num_epochs):
+            length = self._lengths.get(epoch)
+            if length is None:
+                length = self.policy.plan_length(epoch)
+            if length is None:
+                length = self.num_examples
+            per_rank = shard_length(length, self.world_size, drop_last=self.drop_last)
+            total += _steps(per_rank, batch_size, drop_last)
+        return total
+
+    @property
+    def plan_lengths(self) -> dict[int, int]:
+        """Length of every epoch's plan built so far (global, before sharding)."""
+        return dict(self._lengths)
 
     def __iter__(self):
         # Lazy: StatefulDataLoader calls iter() before it loads the sampler's state.
@@ -333,50 +417,76 @@ class EpochSampler(Sampler[int]):
         self._trace.write(self._epoch, np.arange(n, dtype=np.int64), kept, weight, loss)
 
     # ----------------------------------------------------------------- checkpoints
+    def config(self) -> dict[str, Any]:
+        """What identifies this sampler's plans: the method, its configuration, N and seed."""
+        return {
+            "method": self.policy.name,
+            "num_examples": self.num_examples,
+            "seed": self.seed,
+            "drop_last": self.drop_last,
+            **self.policy.config(),
+        }
+
     def state_dict(self, *, position: int | None = None) -> dict[str, Any]:
-        """Small plan coordinates: epoch, position, seed, world size (+ sampler extras).
+        """Small plan coordinates (epoch, position, world size) plus the policy's state.
 
         ``position`` defaults to the ids this sampler's iterator has handed out, which runs
         ahead of training when the DataLoader prefetches; with a plain DataLoader pass the
         ids actually consumed, e.g. ``batches_done * batch_size`` (StatefulDataLoader tracks
         this itself). Score tables are checkpointed separately: ``sampler.scores.state_dict()``.
+        Loadable with ``torch.load``'s defaults (docs/conventions.md).
         """
-        # A deferred set_epoch is not part of the state (StatefulDataLoader snapshots the state
+        # A held set_epoch is not part of the state (StatefulDataLoader snapshots the state
         # before it loads one); the loop calls set_epoch again after restoring.
         if position is None:
             position = self.position
         position = check_int("position", position, minimum=0)
-        state = {
-            _K_EPOCH: self._epoch,
-            _K_POSITION: position,
-            _K_SEED: self.seed,
-            _K_WORLD: self.world_size,
-            _K_NUM: self.num_examples,
-        }
-        state.update(self._extra_state())
-        return state
+        return make_state(
+            type(self).__name__,
+            _VERSION,
+            self.config(),
+            **{
+                _K_EPOCH: self._epoch,
+                _K_POSITION: position,
+                _K_WORLD: self.world_size,
+                _K_LENGTHS: dict(self._lengths),
+                _K_POLICY: self.policy.state_dict(),
+            },
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``'s epoch and position; the plan is rebuilt from the settled scores
-        (load ``sampler.scores`` from the same checkpoint first)."""
-        missing = {_K_EPOCH, _K_POSITION, _K_SEED, _K_WORLD, _K_NUM} - set(state)
-        if missing:
-            raise ValueError(f"sampler state lacks keys {sorted(missing)}")
-        if int(state[_K_NUM]) != self.num_examples:
-            raise ValueError(
-                f"state is for {state[_K_NUM]} examples but this sampler has {self.num_examples}"
-            )
+        """Resume at ``state``'s epoch and position: the one resume path.
+
+        The plan is rebuilt from the settled scores, so load ``sampler.scores`` from the same
+        checkpoint first. Refuses a state of another method or configuration (N, seed, ratios,
+        epochs), naming what differs, and a mid-epoch state saved with another world size.
+        """
+        check_state(
+            state,
+            kind=type(self).__name__,
+            version=_VERSION,
+            config=self.config(),
+            required=(_K_EPOCH, _K_POSITION, _K_WORLD, _K_LENGTHS, _K_POLICY),
+        )
         position = check_int("position", state[_K_POSITION], minimum=0)
+        epoch = check_int("epoch", state[_K_EPOCH], minimum=0)
         if int(state[_K_WORLD]) != self.world_size and position > 0:
             raise ValueError(
                 f"cannot resume mid-epoch (position {position}) saved with world_size "
                 f"{state[_K_WORLD]} on world_size {self.world_size}; resume at an epoch boundary"
             )
-        self.seed = check_int("seed", state[_K_SEED], minimum=0)
-        self._epoch = check_int("epoch", state[_K_EPOCH], minimum=0)
-        self._load_extra_state(state)
-        self._planned = self._epoch
+        self.policy.load_state_dict(state[_K_POLICY])
+        self._lengths = {int(k): int(v) for k, v in state[_K_LENGTHS].items()}
+        self._epoch = epoch
+        self._planned = epoch
         self._plan = None
         self._shard = None
+        self._weights = {}
         self._cursor = None
         self._resume_at = position
+        if self._held_epoch is None:
+            self.scores.restored = False
+
+
+def _steps(length: int, batch_size: int, drop_last: bool) -> int:
+    return length // batch_size if drop_last else -(-length // batch_size)

@@ -1,4 +1,4 @@
-"""Hard batches (DyBAT, ALGORITHMS.md §4) as a ``batch_sampler`` over a fixed partition.
+"""Hard batches (DyBAT, docs/hard-batch.md) as a ``batch_sampler`` over a fixed partition.
 
 The data are shuffled once (seeded) and cut into ``n_b = floor(N / b)`` fixed mini-batches. A
 warm-up pass trains every batch once, in order; the training loop reports each batch's
@@ -21,7 +21,7 @@ Losses stay on their device until a round is chosen (one host sync per round, no
 
 Iteration: each ``iter(sampler)`` yields one "epoch equivalent" of ``n_b`` steps (the last may be
 shorter), so ``for epoch in range(E): for batch in loader:`` runs the whole budget; ``len`` is
-that epoch's length and :attr:`total_steps` = ``E n_b`` is for LR schedulers.
+that epoch's length and :meth:`total_steps` = ``E n_b`` is for LR schedulers.
 
 DDP: one global partition (same seed on every rank) with global batch size ``b``; each rank yields
 its ``DistributedSampler``-style slice ``batch[rank::world]`` of every scheduled batch, and
@@ -39,11 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
 from winnow.samplers._dist import all_gather_feedback, resolve_rank_world, shard
+from winnow.samplers.epoch import check_int
+from winnow.selection._state import check_state, make_state
 
 __all__ = ["HardBatchSampler"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class HardBatchSampler(Sampler[list[int]]):
@@ -70,29 +73,27 @@ class HardBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        if num_examples < 1 or batch_size < 1:
-            raise ValueError(
-                f"num_examples and batch_size must be >= 1, got {num_examples}, {batch_size}"
-            )
+        num_examples = check_int("num_examples", num_examples, minimum=1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        num_epochs = check_int("num_epochs", num_epochs, minimum=1)
+        seed = check_int("seed", seed, minimum=0)
         if batch_size > num_examples:
             raise ValueError(
                 f"batch_size {batch_size} is larger than the dataset ({num_examples} examples)"
             )
-        if not 0.0 < delta <= 1.0:
+        if isinstance(delta, bool) or not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
-        if num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1, got {num_epochs!r}")
         self.rank, self.world_size = resolve_rank_world(rank, world_size)
         if batch_size % self.world_size:
             raise ValueError(
                 f"batch_size {batch_size} must be divisible by world_size {self.world_size} "
                 "(each rank takes an equal slice of every batch)"
             )
-        self.num_examples = int(num_examples)
-        self.batch_size = int(batch_size)
+        self.num_examples = num_examples
+        self.batch_size = batch_size
         self.delta = float(delta)
-        self.num_epochs = int(num_epochs)
-        self.seed = int(seed)
+        self.num_epochs = num_epochs
+        self.seed = seed
         self.num_batches = self.num_examples // self.batch_size
         self.batches_per_round = max(1, int(np.floor(self.delta * self.num_batches + 1e-9)))
         dtype = np.int32 if self.num_examples < 2**31 else np.int64
@@ -109,9 +110,31 @@ class HardBatchSampler(Sampler[list[int]]):
         self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
 
     # -- plan ---------------------------------------------------------------------------------
+    def total_steps(
+        self,
+        batch_size: int | None = None,
+        num_epochs: int | None = None,
+        *,
+        drop_last: bool = False,
+    ) -> int:
+        """Optimiser steps of ``num_epochs`` epoch equivalents (default the run's ``E``):
+        ``num_epochs * n_b``, the same on every rank, exact.
+
+        The signature is every sampler's; the batch size is fixed at construction, so a
+        ``batch_size`` other than the sampler's (global) one is refused, and ``drop_last`` has
+        no effect (the partition has only full batches).
+        """
+        if batch_size is not None and batch_size != self.batch_size:
+            raise ValueError(
+                f"HardBatchSampler yields batches of {self.batch_size} (global); got "
+                f"batch_size={batch_size!r}"
+            )
+        if num_epochs is None:
+            num_epochs = self.num_epochs
+        return check_int("num_epochs", num_epochs, minimum=0) * self.num_batches
+
     @property
-    def total_steps(self) -> int:
-        """Optimiser steps of the whole run, ``E * n_b`` (the same on every rank)."""
+    def _run_steps(self) -> int:
         return self.num_epochs * self.num_batches
 
     @property
@@ -136,7 +159,7 @@ class HardBatchSampler(Sampler[list[int]]):
 
     def _epoch_end(self) -> int:
         epoch = self._emitted // self.num_batches
-        return min(self.total_steps, (epoch + 1) * self.num_batches)
+        return min(self._run_steps, (epoch + 1) * self.num_batches)
 
     def __len__(self) -> int:
         return max(0, self._epoch_end() - self._emitted)
@@ -150,7 +173,7 @@ class HardBatchSampler(Sampler[list[int]]):
         if epoch != current:
             raise ValueError(
                 f"HardBatchSampler is sequential: the next iteration is epoch {current} "
-                f"({self._emitted} of {self.total_steps} steps done), got set_epoch({epoch})"
+                f"({self._emitted} of {self._run_steps} steps done), got set_epoch({epoch})"
             )
 
     def _next_batch(self) -> int:
@@ -251,45 +274,81 @@ class HardBatchSampler(Sampler[list[int]]):
         self._flush()
         return self._losses.copy(), self._loss_step.copy()
 
+    def config(self) -> dict[str, Any]:
+        """What identifies this schedule: N, batch size, delta, epochs, seed and world size."""
+        return {
+            "num_examples": self.num_examples,
+            "batch_size": self.batch_size,
+            "delta": self.delta,
+            "num_epochs": self.num_epochs,
+            "seed": self.seed,
+            "world_size": self.world_size,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Plan coordinates plus the ``[n_b]`` score table (8 bytes per batch, not per example).
 
         The position saved is the last batch whose losses came back: on resume, batches that
         were yielded but not yet fed back are yielded again first, so the run continues exactly.
+        Tensors and plain values only (docs/conventions.md).
         """
         self._flush()
         in_flight = [batch for _, batch in self._pending] + list(self._replay)
-        return {
-            "version": _STATE_VERSION,
-            "config": [self.num_examples, self.batch_size, self.delta, self.num_epochs, self.seed],
-            "world_size": self.world_size,
-            "fed_steps": self._emitted - len(self._pending),
-            "in_flight": in_flight,
-            "sched_step": self._sched_step,
-            "round": self._round.tolist(),
-            "round_pos": self._round_pos,
-            "rounds_started": self._rounds_started,
-            "losses": self._losses.copy(),
-            "loss_step": self._loss_step.copy(),
-        }
+        return make_state(
+            "HardBatchSampler",
+            _STATE_VERSION,
+            self.config(),
+            fed_steps=self._emitted - len(self._pending),
+            in_flight=in_flight,
+            sched_step=self._sched_step,
+            round=torch.from_numpy(self._round.copy()),
+            round_pos=self._round_pos,
+            rounds_started=self._rounds_started,
+            losses=torch.from_numpy(self._losses.copy()),
+            loss_step=torch.from_numpy(self._loss_step.copy()),
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unknown HardBatchSampler state version {state.get('version')!r}")
-        config = [self.num_examples, self.batch_size, self.delta, self.num_epochs, self.seed]
-        if list(state["config"]) != config or state["world_size"] != self.world_size:
+        """Resume exactly; refuses a state of another configuration, naming what differs."""
+        check_state(
+            state,
+            kind="HardBatchSampler",
+            version=_STATE_VERSION,
+            config=self.config(),
+            required=_STATE_KEYS,
+        )
+        losses = _array(state["losses"], np.float64)
+        loss_step = _array(state["loss_step"], np.int64)
+        if losses.shape != (self.num_batches,) or loss_step.shape != (self.num_batches,):
             raise ValueError(
-                f"state is for (num_examples, batch_size, delta, num_epochs, seed)="
-                f"{tuple(state['config'])}, world_size={state['world_size']}; this sampler has "
-                f"{tuple(config)}, world_size={self.world_size}"
+                f"HardBatchSampler state holds {losses.shape} losses and {loss_step.shape} steps; "
+                f"expected ({self.num_batches},) each"
             )
         self._emitted = int(state["fed_steps"])
         self._replay = deque(int(b) for b in state["in_flight"])
         self._pending.clear()
         self._unflushed.clear()
         self._sched_step = int(state["sched_step"])
-        self._round = np.asarray(state["round"], dtype=np.int64)
+        self._round = _array(state["round"], np.int64).copy()
         self._round_pos = int(state["round_pos"])
         self._rounds_started = int(state["rounds_started"])
-        self._losses = np.asarray(state["losses"], dtype=np.float64).copy()
-        self._loss_step = np.asarray(state["loss_step"], dtype=np.int64).copy()
+        self._losses = losses.copy()
+        self._loss_step = loss_step.copy()
+
+
+_STATE_KEYS = (
+    "fed_steps",
+    "in_flight",
+    "sched_step",
+    "round",
+    "round_pos",
+    "rounds_started",
+    "losses",
+    "loss_step",
+)
+
+
+def _array(value: Any, dtype: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value).astype(dtype, copy=False)

@@ -1,4 +1,6 @@
-"""Importance sampling as an in-step selector (ALGORITHMS.md §9, Katharopoulos & Fleuret 2018).
+"""Importance sampling as an in-step selector (Katharopoulos & Fleuret 2018).
+
+Rules: docs/importance-sampling.md.
 
 The loader yields a pre-sampled super-batch of ``B`` rows (upstream: ``B = 3 b``); the learner
 scores it without gradients; each row's score is an upper bound of its gradient norm
@@ -19,14 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from winnow.samplers._instep import (
-    DeviceGenerators,
-    check_losses,
-    default_rank,
-    ids_to_numpy,
-    load_selector_state,
-    selector_state,
-)
+
+from winnow.samplers.selector import InStepSelector
 from winnow.selection.importance import (
     last_layer_bound,
     sample_with_replacement,
@@ -37,73 +33,63 @@ from winnow.selection.importance import (
 __all__ = ["ImportanceSelector"]
 
 
-class ImportanceSelector:
-    """Draw ``batch_size`` rows of each super-batch ∝ gradient-norm bound, behind a tau gate.
+class ImportanceSelector(InStepSelector):
+    """Draw ``b`` rows of each super-batch ∝ gradient-norm bound, behind a tau gate.
 
     Args:
-        batch_size: rows trained per step (``b``); the super-batch must have at least as many.
-        seed: seeds the selector's generators (combined with the rank).
+        keep: the share of the super-batch trained on (default 1/3: upstream's ``B = 3b``);
+            or ``batch_size=b`` rows exactly.
         momentum: EMA momentum of ``tau`` (upstream 0.9).
         tau_th: gate threshold; ``None`` = ``(B + 3b) / (3b)`` for each super-batch size ``B``;
             ``0`` = always importance-sample.
+        seed, rank, check_finite: see :class:`InStepSelector`.
+
+    ``select(ids, scores)`` takes per-row importance ``scores [B]`` (>= 0, any device) and
+    returns ``rows`` int64 ``[b]`` (repeats possible once the gate is open) and ``weights``
+    float32 ``[b]``: ``1 / (B p_row)`` when sampling, else ones.
     """
+
+    default_keep = 1.0 / 3.0
 
     def __init__(
         self,
-        batch_size: int,
-        seed: int = 0,
+        keep: float | None = None,
         *,
         momentum: float = 0.9,
         tau_th: float | None = None,
-        rank: int | None = None,
-        check_finite: bool | None = None,
+        **options: Any,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if tau_th is not None and not tau_th >= 0.0:
             raise ValueError(f"tau_th must be >= 0 or None, got {tau_th!r}")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        super().__init__(keep=keep, **options)
         self.momentum = float(momentum)
-        self.tau_th = tau_th
-        self.rank = default_rank(rank)
-        self.check_finite = check_finite
-        self._gens = DeviceGenerators(self.seed, self.rank)
+        self.tau_th = None if tau_th is None else float(tau_th)
         self._tau: torch.Tensor | None = None  # EMA, on the scores' device
-        self.steps = 0
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "momentum": self.momentum, "tau_th": self.tau_th}
 
     @property
     def tau(self) -> float:
         """The smoothed variance-reduction estimate (1.0 before the first step; a host sync)."""
         return 1.0 if self._tau is None else float(self._tau)
 
-    def select(self, ids, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rows, weights)`` from per-row importance ``scores`` (``[B]``, >= 0, any device).
-
-        ``rows``: int64 ``[b]`` positions into the super-batch (repeats possible once the gate
-        is open); ``weights``: float32 ``[b]``, ``1 / (B p_row)`` when sampling, else ones.
-        """
-        n = None if ids is None else ids_to_numpy(ids).shape[0]
-        g = check_losses(scores, n, name="scores", check_finite=self.check_finite).float()
-        big = g.shape[0]
-        if big < self.batch_size:
-            raise ValueError(
-                f"super-batch of {big} rows is smaller than the batch of {self.batch_size}"
-            )
-        gen = self._gens.get(g.device)
-        tau_now = variance_reduction(g)
+    def choose(
+        self, scores: torch.Tensor, k: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        big = scores.shape[0]
+        tau_now = variance_reduction(scores)
         if self._tau is None:
-            self._tau = torch.ones((), dtype=torch.float32, device=g.device)
-        self._tau = self.momentum * self._tau.to(g.device) + (1.0 - self.momentum) * tau_now
-        threshold = self.tau_th if self.tau_th is not None else tau_threshold(big, self.batch_size)
-        is_rows, is_weights = sample_with_replacement(g, self.batch_size, generator=gen)
-        uni_rows = torch.randperm(big, generator=gen, device=g.device)[: self.batch_size]
+            self._tau = torch.ones((), dtype=torch.float32, device=scores.device)
+        self._tau = self.momentum * self._tau.to(scores.device) + (1.0 - self.momentum) * tau_now
+        threshold = self.tau_th if self.tau_th is not None else tau_threshold(big, k)
+        is_rows, is_weights = sample_with_replacement(scores, k, generator=generator)
+        uni_rows = torch.randperm(big, generator=generator, device=scores.device)[:k]
         gate = self._tau > threshold
         rows = torch.where(gate, is_rows, uni_rows)
         weights = torch.where(gate, is_weights, torch.ones_like(is_weights))
-        self.steps += 1
         return rows, weights
 
     def select_logits(
@@ -117,10 +103,8 @@ class ImportanceSelector:
         """:meth:`select` with the last-layer bound of softmax cross-entropy as the score."""
         return self.select(ids, last_layer_bound(logits, targets, features=features))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Seed, rank, step count, the smoothed tau and generator states."""
-        return selector_state(self, tau=self.tau)
+    def extra_state(self) -> dict[str, Any]:
+        return {"tau": self.tau}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_selector_state(self, state)
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         self._tau = torch.tensor(float(state["tau"]), dtype=torch.float32)

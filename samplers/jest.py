@@ -1,4 +1,4 @@
-"""JEST as an in-step selector (ALGORITHMS.md §5): pick ``b`` of a super-batch of ``B`` rows.
+"""JEST as an in-step selector (docs/jest.md): pick ``b`` of a super-batch of ``B`` rows.
 
 The loader yields a super-batch ``B = b / (1 - f)`` with its ``example_id`` s; inside the step the
 learner scores it without gradients (:func:`score_super_batch`), the selector combines the learner
@@ -27,21 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
 from winnow.samplers._instep import (
-    DeviceGenerators,
     IdTable,
     as_score_table,
-    check_losses,
     check_pair_losses,
-    default_rank,
     ids_to_numpy,
-    load_selector_state,
     lookup_scores,
-    selector_state,
 )
+from winnow.samplers.selector import InStepSelector
 from winnow.selection.jest import (
     LEARNABILITY_MODES,
-    batch_size_for,
     frozen_pair_losses,
     jest_scores,
     joint_sample,
@@ -51,39 +47,43 @@ from winnow.selection.jest import (
 __all__ = ["JESTSelector", "score_super_batch"]
 
 
-class JESTSelector:
+class JESTSelector(InStepSelector):
     """Select ``b = floor(B (1 - filter_ratio))`` rows of each super-batch by learnability.
 
     Args:
         reference_losses: float ``[N]`` reference loss per ``example_id`` (NaN = missing), for
             :meth:`select`. Not needed in ``mode="hard_learner"``.
-        filter_ratio: ``f`` in ``(0, 1)``; the fraction of the super-batch filtered out.
+        filter_ratio: the JEST paper's ``f`` in ``(0, 1)``, the fraction of the super-batch
+            filtered out (default 0.8); the share trained on is ``keep = 1 - f``. Pass one of
+            ``filter_ratio``, ``keep`` or ``batch_size``.
         n_chunks: chunks of the joint sampler (:meth:`select_pairwise`).
         temperature: logits are divided by it; 0 = greedy top-b, ``inf`` = uniform.
         mode: ``"learnability"`` (learner - reference), ``"easy_reference"`` (-reference) or
             ``"hard_learner"`` (learner).
-        seed: seeds the selector's own generators (combined with the rank).
-        batch_size: keep exactly this many rows instead of using ``filter_ratio``.
         first_chunk: ``"softmax"`` of the diagonal (paper) or ``"uniform"`` (public port).
         normalize_logits: divide chunk logits by ``2 |selected| + 1`` (public port; off).
         reference_image / reference_text: ``(ids, vectors)`` of the reference's normalised
             embeddings, for :meth:`select_pairwise` without a reference matrix.
         reference_temperature / reference_bias: the reference's SigLIP ``t`` and ``b``.
         source: names where reference scores came from, for error messages.
-        rank: this process's rank (default: from ``torch.distributed``, else 0).
-        check_finite: NaN/inf check of learner scores; ``None`` = only on CPU (no device sync).
+        keep, batch_size, seed, rank, check_finite: see :class:`InStepSelector`.
+
+    Scores are computed in float32 whatever the learner's dtype: learnability differences of
+    about 0.01 do not survive a bf16 subtraction.
     """
+
+    default_keep = 1.0 - 0.8
+    input_name = "learner_losses"
 
     def __init__(
         self,
         reference_losses: np.ndarray | None = None,
-        filter_ratio: float = 0.8,
+        *,
+        filter_ratio: float | None = None,
+        keep: float | None = None,
         n_chunks: int = 16,
         temperature: float = 1.0,
         mode: str = "learnability",
-        seed: int = 0,
-        *,
-        batch_size: int | None = None,
         first_chunk: str = "softmax",
         normalize_logits: bool = False,
         reference_image: tuple[Any, Any] | None = None,
@@ -91,32 +91,32 @@ class JESTSelector:
         reference_temperature: float | None = None,
         reference_bias: float | None = None,
         source: str = "the reference scores",
-        rank: int | None = None,
-        check_finite: bool | None = None,
+        **options: Any,
     ):
         if mode not in LEARNABILITY_MODES:
             raise ValueError(f"mode must be one of {LEARNABILITY_MODES}, got {mode!r}")
-        if not 0.0 < filter_ratio < 1.0:
-            raise ValueError(f"filter_ratio must be in (0, 1), got {filter_ratio!r}")
+        if filter_ratio is not None:
+            if keep is not None:
+                raise ValueError(
+                    f"filter_ratio={filter_ratio!r} and keep={keep!r} are alternatives "
+                    "(keep = 1 - filter_ratio); pass one"
+                )
+            if not 0.0 < filter_ratio < 1.0:
+                raise ValueError(f"filter_ratio must be in (0, 1), got {filter_ratio!r}")
+            keep = 1.0 - float(filter_ratio)
         if not isinstance(n_chunks, int) or n_chunks < 1:
             raise ValueError(f"n_chunks must be a positive int, got {n_chunks!r}")
         if not temperature >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         if first_chunk not in ("softmax", "uniform"):
             raise ValueError(f"first_chunk must be 'softmax' or 'uniform', got {first_chunk!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.filter_ratio = float(filter_ratio)
+        super().__init__(keep=keep, **options)
         self.n_chunks = n_chunks
         self.temperature = float(temperature)
         self.mode = mode
-        self.seed = int(seed)
-        self.batch_size = batch_size
         self.first_chunk = first_chunk
         self.normalize_logits = bool(normalize_logits)
         self.source = source
-        self.check_finite = check_finite
-        self.rank = default_rank(rank)
         self.reference_losses = (
             None
             if reference_losses is None
@@ -132,8 +132,21 @@ class JESTSelector:
             )
         self.reference_temperature = reference_temperature
         self.reference_bias = reference_bias
-        self._gens = DeviceGenerators(self.seed, self.rank)
-        self.steps = 0
+
+    @property
+    def filter_ratio(self) -> float:
+        """The paper's ``f = 1 - keep``."""
+        return 1.0 - self.keep
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "n_chunks": self.n_chunks,
+            "temperature": self.temperature,
+            "mode": self.mode,
+            "first_chunk": self.first_chunk,
+            "normalize_logits": self.normalize_logits,
+        }
 
     def _embedding_tables(self, image, text) -> tuple[IdTable, IdTable] | None:
         if image is None and text is None:
@@ -144,17 +157,6 @@ class JESTSelector:
             IdTable(*image, what="reference image embedding", source=self.source),
             IdTable(*text, what="reference text embedding", source=self.source),
         )
-
-    def selected_size(self, super_batch: int) -> int:
-        """How many rows :meth:`select` keeps from a super-batch of ``super_batch`` rows."""
-        if self.batch_size is not None:
-            if self.batch_size > super_batch:
-                raise ValueError(
-                    f"super-batch of {super_batch} rows is smaller than the batch of "
-                    f"{self.batch_size}"
-                )
-            return self.batch_size
-        return batch_size_for(super_batch, self.filter_ratio)
 
     def reference_scores(self, ids, device: torch.device | str = "cpu") -> torch.Tensor:
         """Reference losses of ``ids`` as float32 ``[B]`` on ``device`` (async host copy)."""
@@ -180,29 +182,21 @@ class JESTSelector:
             img, txt, temperature=self.reference_temperature, bias=self.reference_bias
         )
 
-    def select(self, ids, learner_losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example JEST: ``b`` rows drawn ∝ ``exp(s_i / temperature)`` without replacement.
+    def selection_scores(self, ids: Any, scores: torch.Tensor) -> torch.Tensor:
+        """Learnability (or the mode's score) of each row, float32 ``[B]``."""
+        if self.mode == "hard_learner":
+            return jest_scores(scores.float(), None, self.mode)
+        if ids is None:
+            raise ValueError(f"JEST mode {self.mode!r} needs the example ids of the super-batch")
+        return jest_scores(scores.float(), self.reference_scores(ids, scores.device), self.mode)
 
-        ``ids``: int ``[B]`` example ids (keep them on the CPU); ``learner_losses``: float
-        ``[B]`` on any device. Returns ``(rows, weights)``: int64 ``[b]`` positions into the
-        super-batch and float32 ones ``[b]``, both on the losses' device.
-        """
-        ids_np = ids_to_numpy(ids)
-        learner = check_losses(
-            learner_losses, ids_np.shape[0], name="learner_losses", check_finite=self.check_finite
-        )
-        b = self.selected_size(ids_np.shape[0])
-        reference = (
-            None
-            if self.mode == "hard_learner"
-            else self.reference_scores(ids_np, learner.device).to(learner.dtype)
-        )
-        scores = jest_scores(learner, reference, self.mode)
-        rows = sample_per_example(
-            scores, b, temperature=self.temperature, generator=self._gens.get(learner.device)
-        )
-        self.steps += 1
-        return rows, torch.ones(b, dtype=torch.float32, device=learner.device)
+    def choose(
+        self, scores: torch.Tensor, k: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example JEST: ``k`` rows drawn ∝ ``exp(s_i / temperature)`` without replacement;
+        weights are ones (the selected rows train with a plain mean)."""
+        rows = sample_per_example(scores, k, temperature=self.temperature, generator=generator)
+        return rows, torch.ones(k, dtype=torch.float32, device=scores.device)
 
     def select_pairwise(
         self,
@@ -219,7 +213,7 @@ class JESTSelector:
         n = ids_np.shape[0]
         learner = check_pair_losses(
             learner_pair_losses, n, name="learner_pair_losses", check_finite=self.check_finite
-        )
+        ).float()
         reference = None
         if self.mode != "hard_learner":
             if reference_pair_losses is None:
@@ -236,7 +230,7 @@ class JESTSelector:
                         f"reference_pair_losses on {reference.device} but learner_pair_losses "
                         f"on {learner.device}; expected one device"
                     )
-            reference = reference.to(learner.dtype)
+            reference = reference.float()
         b = self.selected_size(n)
         rows = joint_sample(
             jest_scores(learner, reference, self.mode),
@@ -245,17 +239,10 @@ class JESTSelector:
             temperature=self.temperature,
             first_chunk=self.first_chunk,
             normalize_logits=self.normalize_logits,
-            generator=self._gens.get(learner.device),
+            generator=self.generator(learner.device),
         )
         self.steps += 1
         return rows, torch.ones(b, dtype=torch.float32, device=learner.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Seed, rank, step count and generator states (the reference tables are not included)."""
-        return selector_state(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_selector_state(self, state)
 
 
 def score_super_batch(

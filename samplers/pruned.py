@@ -1,4 +1,4 @@
-"""Static pruning: train on a fixed subset chosen once from stored scores (ALGORITHMS.md §8).
+"""Static pruning: train on a fixed subset chosen once from stored scores (docs/static-pruning.md).
 
 Any metric works (EL2N, GraNd, forgetting counts, prototype distance, learnability, ...): the
 caller passes ``scores [N]`` and says which end is wanted (``largest=True`` keeps the highest,
@@ -9,7 +9,7 @@ e.g. the hardest by EL2N). Choice rules, all from ``selection.choose``:
 - ``alpha``: calibration by randomisation, ``round(alpha*k)`` of the budget drawn uniformly
   from the rest (Ayed & Hayou; use more randomness as the kept fraction shrinks);
 - ``beta``: stochastic selection, Gumbel-top-k with coldness ``beta`` (``kind`` softmax, power
-  or softrank; ALGORITHMS.md §7);
+  or softrank; docs/stochastic-selection.md);
 - ``labels``: the same rule inside each class, budgets proportional to class sizes.
 
 The subset is fixed at construction (a pure function of scores and seed); each epoch is a fresh
@@ -18,36 +18,37 @@ uniform shuffle of it, all weights 1.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
-from winnow.samplers._epoch import EpochPlan, EpochSampler, TraceWriter
+
 from winnow.samplers._permute import index_dtype, permuted
-from winnow.samplers.scores import ScoreTable
+from winnow.samplers.epoch import EpochPlan, EpochPolicy, EpochSampler, SeedStreams
+from winnow.samplers.score_table import ScoreTable
 from winnow.selection import choose
 
-__all__ = ["PrunedSampler"]
+__all__ = ["PrunedSampler", "StaticSubset"]
 
 _STREAM_SELECT = 0xC0
 _STREAM_EPOCH = 0xE0
 
 
-class PrunedSampler(EpochSampler):
-    """A static subset of the data, reshuffled every epoch.
+class StaticSubset(EpochPolicy):
+    """A fixed subset chosen once from stored scores, reshuffled every epoch, all weights 1.
 
     Args:
         scores: float ``[N]`` stored score per example (finite), aligned by example_id.
-        keep: fraction in (0, 1] (float) or number of examples (int) to keep.
+        keep: the share of the data trained on, a fraction in (0, 1] (float), or a count (int).
         largest: True keeps the highest scores, False the lowest.
         offset: skip this many of the most extreme scores first (not with alpha/beta).
         alpha: fraction of the budget drawn uniformly at random, in [0, 1].
         beta: coldness of stochastic selection (None = deterministic); ``kind`` picks the
             distribution ("softmax", "power", "softrank").
         labels: optional int ``[N]``; choose per class.
-        seed: seeds the (stochastic) choice and every epoch's shuffle.
-        score_table: a :class:`ScoreTable` for training feedback (``update``/``reweight``);
-            feedback does not change the subset.
-        rank, world_size, drop_last, trace: see :class:`EpochSampler`.
+
+    The subset is drawn from the sampler's seed (stream ``_STREAM_SELECT``) the first time it is
+    needed: :attr:`PrunedSampler.kept_ids` does so at construction.
     """
 
     def __init__(
@@ -61,85 +62,140 @@ class PrunedSampler(EpochSampler):
         beta: float | None = None,
         kind: str = "softmax",
         labels: Any = None,
-        seed: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
-        drop_last: bool = False,
-        score_table: ScoreTable | None = None,
-        trace: TraceWriter | None = None,
     ):
         values = np.asarray(scores)
         if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
             raise ValueError(
                 f"scores must be a 1-D numeric array, got {values.dtype} {values.shape}"
             )
-        super().__init__(
-            len(values),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-            scores=score_table,
-            trace=trace,
-        )
+        super().__init__(len(values))
         if not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values))
             raise ValueError(
                 f"scores must be finite; {len(bad)} are not (ids {bad[:5].tolist()}); "
                 "fill or drop missing scores first"
             )
-        self.static_scores = values
-        self.keep_count = _keep_count(keep, len(values))
-        positions = self._choose(
-            values, largest=largest, offset=offset, alpha=alpha, beta=beta, kind=kind, labels=labels
-        )
-        self.kept_ids = np.sort(positions).astype(index_dtype(len(values)))
-        self.kept_ids.flags.writeable = False
-
-    def _choose(
-        self,
-        values: np.ndarray,
-        *,
-        largest: bool,
-        offset: int,
-        alpha: float,
-        beta: float | None,
-        kind: str,
-        labels: Any,
-    ) -> np.ndarray:
         if (offset and (alpha or beta is not None)) or (alpha and beta is not None):
             raise ValueError(
                 f"offset, alpha and beta are alternatives; got offset={offset}, alpha={alpha}, "
                 f"beta={beta}"
             )
-        rng = self._rng(_STREAM_SELECT)
-        k = self.keep_count
-        if beta is not None:
-            if not largest and kind == "power":
-                raise ValueError("kind='power' needs largest=True (it weights by score**beta)")
-            chooser, kwargs = choose.gumbel_top_k, {"beta": beta, "kind": kind, "rng": rng}
-            if not largest:
-                values = -values
-        elif alpha:
-            chooser, kwargs = choose.random_mix, {"alpha": alpha, "rng": rng, "largest": largest}
-        elif offset:
-            chooser, kwargs = choose.offset_window, {"offset": offset, "largest": largest}
-        else:
-            chooser, kwargs = (choose.top_k if largest else choose.bottom_k), {}
+        if beta is not None and not largest and kind == "power":
+            raise ValueError("kind='power' needs largest=True (it weights by score**beta)")
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != values.shape:
                 raise ValueError(f"labels must have shape {values.shape}, got {labels.shape}")
-            return choose.stratified(labels, k, chooser, scores=values, **kwargs)
+        self.static_scores = values
+        self.keep_count = _keep_count(keep, len(values))
+        self.largest = bool(largest)
+        self.offset = int(offset)
+        self.alpha = float(alpha)
+        self.beta = None if beta is None else float(beta)
+        self.kind = kind
+        self.labels = labels
+        # Identifies the scores in checkpoints: another score array is another subset.
+        self.scores_crc32 = zlib.crc32(np.ascontiguousarray(values))
+        self._kept: np.ndarray | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "keep_count": self.keep_count,
+            "largest": self.largest,
+            "offset": self.offset,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "kind": self.kind,
+            "stratified": self.labels is not None,
+            "scores_crc32": self.scores_crc32,
+        }
+
+    def plan_length(self, epoch: int) -> int:
+        """Every epoch trains the same ``keep_count`` ids."""
+        return self.keep_count
+
+    def kept_ids(self, rng: SeedStreams) -> np.ndarray:
+        """The subset, ascending (read-only), drawn once from ``rng``'s selection stream."""
+        if self._kept is None:
+            kept = np.sort(self._choose(rng(_STREAM_SELECT))).astype(index_dtype(self.num_examples))
+            kept.flags.writeable = False
+            self._kept = kept
+        return self._kept
+
+    def _choose(self, gen: np.random.Generator) -> np.ndarray:
+        values, k = self.static_scores, self.keep_count
+        if self.beta is not None:
+            chooser = choose.gumbel_top_k
+            kwargs = {"beta": self.beta, "kind": self.kind, "rng": gen}
+            if not self.largest:
+                values = -values
+        elif self.alpha:
+            chooser = choose.random_mix
+            kwargs = {"alpha": self.alpha, "rng": gen, "largest": self.largest}
+        elif self.offset:
+            chooser, kwargs = choose.offset_window, {"offset": self.offset, "largest": self.largest}
+        else:
+            chooser, kwargs = (choose.top_k if self.largest else choose.bottom_k), {}
+        if self.labels is not None:
+            return choose.stratified(self.labels, k, chooser, scores=values, **kwargs)
         return chooser(values, k, **kwargs)
 
-    def _make_plan(self, epoch: int) -> EpochPlan:
-        ids = permuted(self.kept_ids, self._rng(_STREAM_EPOCH, epoch))
+    def plan(self, epoch: int, scores: ScoreTable, rng: SeedStreams) -> EpochPlan:
+        ids = permuted(self.kept_ids(rng), rng(_STREAM_EPOCH, epoch))
         return EpochPlan(ids=ids, decision=self.static_scores)
 
-    def total_steps(self, batch_size: int, num_epochs: int, *, drop_last: bool = False) -> int:
-        """Steps of ``num_epochs`` epochs on this rank (every epoch has the same length)."""
-        return num_epochs * self.steps_per_epoch(batch_size, drop_last=drop_last)
+
+class PrunedSampler(EpochSampler):
+    """A static subset of the data, reshuffled every epoch: :class:`StaticSubset` run by
+    :class:`EpochSampler`.
+
+    ``PrunedSampler(scores, keep, largest=..., offset=..., alpha=..., beta=..., kind=...,
+    labels=..., score_table=None, **options)``; ``options`` are :class:`EpochSampler`'s
+    (seed, rank, world_size, drop_last, trace). ``score_table`` is a :class:`ScoreTable` for
+    training feedback (``update``/``reweight``); feedback does not change the subset.
+    """
+
+    policy: StaticSubset
+
+    def __init__(
+        self,
+        scores: Any,
+        keep: float | int,
+        *,
+        largest: bool = True,
+        offset: int = 0,
+        alpha: float = 0.0,
+        beta: float | None = None,
+        kind: str = "softmax",
+        labels: Any = None,
+        score_table: ScoreTable | None = None,
+        **options: Any,
+    ):
+        policy = StaticSubset(
+            scores,
+            keep,
+            largest=largest,
+            offset=offset,
+            alpha=alpha,
+            beta=beta,
+            kind=kind,
+            labels=labels,
+        )
+        super().__init__(policy, scores=score_table, **options)
+        self.kept_ids  # noqa: B018 (choose now, so a bad choice fails at construction)
+
+    @property
+    def kept_ids(self) -> np.ndarray:
+        """The kept example ids, ascending (read-only)."""
+        return self.policy.kept_ids(self.streams)
+
+    @property
+    def keep_count(self) -> int:
+        return self.policy.keep_count
+
+    @property
+    def static_scores(self) -> np.ndarray:
+        return self.policy.static_scores
 
 
 def _keep_count(keep: float | int, n: int) -> int:

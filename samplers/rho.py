@@ -1,4 +1,4 @@
-"""RHO-LOSS as an in-step selector (ALGORITHMS.md §6), plus its irreducible-loss (IL) helpers.
+"""RHO-LOSS as an in-step selector (docs/rho-loss.md), plus its irreducible-loss (IL) helpers.
 
 Each step the loader yields a large batch of ``n_B`` rows with their ``example_id`` s; the learner
 scores it without gradients (``samplers.jest.score_super_batch``, train mode as upstream) and
@@ -25,18 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
 from winnow.samplers._instep import (
-    DeviceGenerators,
     as_score_table,
     check_fraction,
     check_losses,
-    default_rank,
     ids_to_numpy,
-    load_selector_state,
     lookup_scores,
-    resolve_batch_size,
-    selector_state,
 )
+from winnow.samplers.selector import InStepSelector
 from winnow.selection.choose_torch import gumbel_top_k_torch
 from winnow.selection.losses import per_example_cross_entropy
 
@@ -51,36 +48,38 @@ __all__ = [
 _KINDS = ("top", "stochastic", "boltzmann")
 
 
-class RhoLossSelector:
+class RhoLossSelector(InStepSelector):
     """Keep the rows of a large batch with the largest reducible loss ``learner - irreducible``.
 
     Args:
-        irreducible_losses: float ``[N]`` IL per ``example_id`` (NaN = not scored).
-        keep: fraction of the large batch kept, ``n_b = max(1, floor(keep * n_B))`` (default
-            0.1: 32 of 320).
-        seed: seeds the selector's generators (combined with the rank).
+        irreducible_losses: float ``[N]`` IL per ``example_id`` (NaN = not scored; finite
+            otherwise).
+        keep: the share of the large batch trained on, ``n_b = max(1, floor(keep * n_B))``
+            (default 0.1: 32 of 320).
         kind: ``"top"`` (deterministic top-k, upstream default), ``"stochastic"`` (Gumbel-top-k
             with coldness ``beta``: ``p ∝ exp(beta * rho)`` without replacement) or
             ``"boltzmann"`` (``n_b`` draws *with* replacement from ``softmax(rho / temperature)``,
             upstream's fixed-temperature variant; duplicates are trained twice).
         beta, temperature: the coldness / temperature of those variants.
-        batch_size: keep exactly this many rows instead of using ``keep``.
         source: where the IL values came from, for error messages (``"store run 'il-v1'"``).
+        batch_size, seed, rank, check_finite: see :class:`InStepSelector`.
+
+    ``select(ids, learner_losses)`` returns ``rows`` int64 ``[n_b]`` (highest ``rho`` first for
+    ``kind="top"``) and float32 ones; ``ids`` int ``[n_B]`` (keep on the CPU), losses any device.
     """
+
+    input_name = "learner_losses"
 
     def __init__(
         self,
         irreducible_losses: np.ndarray,
-        keep: float = 0.1,
-        seed: int = 0,
+        keep: float | None = None,
         *,
         kind: str = "top",
         beta: float = 1.0,
         temperature: float = 0.25,
-        batch_size: int | None = None,
         source: str = "the irreducible losses",
-        rank: int | None = None,
-        check_finite: bool | None = None,
+        **options: Any,
     ):
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -88,59 +87,51 @@ class RhoLossSelector:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        super().__init__(keep=keep, **options)
         self.irreducible_losses = as_score_table(irreducible_losses, what="irreducible_losses")
-        self.keep = check_fraction(keep, "keep")
-        self.seed = int(seed)
         self.kind = kind
         self.beta = float(beta)
         self.temperature = float(temperature)
-        self.batch_size = batch_size
         self.source = source
-        self.rank = default_rank(rank)
-        self.check_finite = check_finite
-        self._gens = DeviceGenerators(self.seed, self.rank)
-        self.steps = 0
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "kind": self.kind,
+            "beta": self.beta,
+            "temperature": self.temperature,
+            "num_examples": int(self.irreducible_losses.shape[0]),
+        }
+
+    def selection_scores(self, ids: Any, scores: torch.Tensor) -> torch.Tensor:
+        """``rho = learner_losses - IL[ids]`` in float32 on the losses' device."""
+        if ids is None:
+            raise ValueError("RhoLossSelector needs the example ids to look up irreducible losses")
+        il = lookup_scores(
+            self.irreducible_losses, ids, what="irreducible loss", source=self.source
+        )
+        il_t = torch.from_numpy(il.astype(np.float32)).to(scores.device, non_blocking=True)
+        return scores.float() - il_t
 
     def reducible_loss(self, ids, learner_losses: torch.Tensor) -> torch.Tensor:
-        """``rho = learner_losses - IL[ids]``, float ``[B]`` on the losses' device."""
+        """``rho = learner_losses - IL[ids]``, float32 ``[B]`` on the losses' device."""
         ids_np = ids_to_numpy(ids)
         learner = check_losses(
             learner_losses, ids_np.shape[0], name="learner_losses", check_finite=self.check_finite
         )
-        il = lookup_scores(
-            self.irreducible_losses, ids_np, what="irreducible loss", source=self.source
-        )
-        il_t = torch.from_numpy(il.astype(np.float32)).to(learner.device, non_blocking=True)
-        return learner.float() - il_t
+        return self.selection_scores(ids_np, learner)
 
-    def select(self, ids, learner_losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of the large batch to train on. Returns ``(rows, weights)``.
-
-        ``ids``: int ``[n_B]`` (keep on the CPU); ``learner_losses``: float ``[n_B]``, any device.
-        ``rows``: int64 ``[n_b]`` positions into the large batch, highest ``rho`` first for
-        ``kind="top"``; ``weights``: float32 ones ``[n_b]``.
-        """
-        rho = self.reducible_loss(ids, learner_losses)
-        b = resolve_batch_size(rho.shape[0], fraction=self.keep, batch_size=self.batch_size)
-        gen = self._gens.get(rho.device)
+    def choose(
+        self, scores: torch.Tensor, k: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "top":
-            rows = torch.topk(rho, b, sorted=True).indices
+            rows = torch.topk(scores, k, sorted=True).indices
         elif self.kind == "stochastic":
-            rows = gumbel_top_k_torch(rho, b, beta=self.beta, generator=gen)
+            rows = gumbel_top_k_torch(scores, k, beta=self.beta, generator=generator)
         else:
-            probs = torch.softmax(rho / self.temperature, dim=0)
-            rows = torch.multinomial(probs, b, replacement=True, generator=gen)
-        self.steps += 1
-        return rows, torch.ones(b, dtype=torch.float32, device=rho.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Seed, rank, step count and generator states (the IL table is not included)."""
-        return selector_state(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_selector_state(self, state)
+            probs = torch.softmax(scores / self.temperature, dim=0)
+            rows = torch.multinomial(probs, k, replacement=True, generator=generator)
+        return rows, torch.ones(k, dtype=torch.float32, device=scores.device)
 
 
 def holdout_split(

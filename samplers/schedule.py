@@ -1,8 +1,8 @@
 """Learning-rate schedules for samplers that change the number of optimiser steps.
 
-RS2 compresses the whole cosine schedule into the reduced step total (ALGORITHMS.md §3); it is
+RS2 compresses the whole cosine schedule into the reduced step total (docs/rs2.md); it is
 not truncated. InfoBatch keeps the LR on epoch progress instead
-(:meth:`samplers.InfoBatchSampler.schedule_progress`).
+(:meth:`winnow.samplers.InfoBatchSampler.schedule_progress`).
 """
 
 from __future__ import annotations

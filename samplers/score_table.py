@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from winnow.samplers._dist import all_gather_feedback, is_distributed
+from winnow.selection._state import check_state, make_state
 
 __all__ = ["ScoreTable"]
 
@@ -28,6 +30,7 @@ _K_SEEN = "seen"
 _K_PENDING_IDS = "pending_ids"
 _K_PENDING_LOSSES = "pending_losses"
 _COMPACT = 64
+_VERSION = 2
 
 
 def _cat_on_last_device(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -90,6 +93,8 @@ class ScoreTable:
         self._local_losses: list[torch.Tensor] = []
         self._compacted = 0
         self._gathered: list[tuple[np.ndarray, np.ndarray]] = []
+        # Set by load_state_dict, cleared by the epoch sampler once its own state is loaded.
+        self.restored = False
 
     @property
     def num_examples(self) -> int:
@@ -217,33 +222,77 @@ class ScoreTable:
         self._seen[ids[have]] = True
 
     def state_dict(self) -> dict[str, Any]:
-        """Scores, seen flags and pending feedback (gathered from all ranks: a collective)."""
+        """Scores, seen flags and pending feedback as tensors (a collective under DDP).
+
+        Pending feedback is gathered from all ranks first, so every rank's state is the same.
+        Follows the state convention of docs/conventions.md (``torch.load`` defaults read it).
+        """
         self._gather_local()
         ids = [i for i, _ in self._gathered]
         losses = [v for _, v in self._gathered]
-        return {
-            _K_NUM: self._n,
-            _K_VALUES: self._values.copy(),
-            _K_SEEN: self._seen.copy(),
-            _K_PENDING_IDS: np.concatenate(ids) if ids else np.zeros(0, np.int64),
-            _K_PENDING_LOSSES: np.concatenate(losses) if losses else np.zeros(0, np.float32),
-        }
+        return make_state(
+            "ScoreTable",
+            _VERSION,
+            {_K_NUM: self._n},
+            **{
+                _K_VALUES: torch.from_numpy(self._values.copy()),
+                _K_SEEN: torch.from_numpy(self._seen.copy()),
+                _K_PENDING_IDS: torch.from_numpy(
+                    np.concatenate(ids) if ids else np.zeros(0, np.int64)
+                ),
+                _K_PENDING_LOSSES: torch.from_numpy(
+                    np.concatenate(losses) if losses else np.zeros(0, np.float32)
+                ),
+            },
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state[_K_NUM]) != self._n:
-            raise ValueError(f"state is for {state[_K_NUM]} examples but this table has {self._n}")
-        values = np.asarray(state[_K_VALUES], dtype=np.float32)
-        seen = np.asarray(state[_K_SEEN], dtype=bool)
+        """Restore a :meth:`state_dict`; refuses another N, bad shapes or non-finite scores.
+
+        Nothing changes unless the whole state is valid. Marks the table as *restored*: an
+        epoch sampler sharing it then holds a ``set_epoch`` until its own state is loaded
+        (the resume path of docs/conventions.md), so restored pending feedback is settled
+        exactly where the interrupted run would have settled it.
+        """
+        check_state(
+            state,
+            kind="ScoreTable",
+            version=_VERSION,
+            config={_K_NUM: self._n},
+            required=(_K_VALUES, _K_SEEN, _K_PENDING_IDS, _K_PENDING_LOSSES),
+        )
+        values = _host(state[_K_VALUES], np.float32, _K_VALUES)
+        seen = _host(state[_K_SEEN], np.bool_, _K_SEEN)
         if values.shape != (self._n,) or seen.shape != (self._n,):
             raise ValueError(
-                f"state arrays must have shape ({self._n},), got {values.shape} and {seen.shape}"
+                f"ScoreTable state arrays must have shape ({self._n},), got values "
+                f"{values.shape} and seen {seen.shape}"
+            )
+        if not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values))
+            raise ValueError(
+                f"ScoreTable state has {len(bad)} non-finite scores (ids {bad[:5].tolist()}); "
+                "expected finite values"
+            )
+        pending = _host(state[_K_PENDING_IDS], np.int64, _K_PENDING_IDS)
+        pending_losses = _host(state[_K_PENDING_LOSSES], np.float32, _K_PENDING_LOSSES)
+        if pending.ndim != 1 or pending.shape != pending_losses.shape:
+            raise ValueError(
+                f"ScoreTable state: pending ids {pending.shape} and losses "
+                f"{pending_losses.shape} must be 1-D of one length"
             )
         self._values = values.copy()
         self._seen = seen.copy()
         self._local_ids, self._local_losses, self._compacted = [], [], 0
-        pending = np.asarray(state[_K_PENDING_IDS], dtype=np.int64)
-        self._gathered = (
-            [(pending, np.asarray(state[_K_PENDING_LOSSES], dtype=np.float32))]
-            if len(pending)
-            else []
-        )
+        self._gathered = [(pending.copy(), pending_losses.copy())] if len(pending) else []
+        self.restored = True
+
+
+def _host(value: Any, dtype: Any, key: str) -> np.ndarray:
+    """A state entry (tensor, or array from an older in-memory state) as a numpy array."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype != dtype and not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        raise TypeError(f"ScoreTable state {key!r} has dtype {array.dtype}; expected {dtype}")
+    return array.astype(dtype, copy=False)

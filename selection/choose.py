@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from winnow.selection._checks import as_score_array, check_count, check_fraction, check_rng
 from winnow.selection._ranking import EMPTY, order_by_score, rank_window
 

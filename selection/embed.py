@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from winnow.selection._checks import check_rng
 
 __all__ = [

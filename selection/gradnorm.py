@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
 from winnow.selection._ghost import rule_for
 
 __all__ = ["per_example_grad_norms"]

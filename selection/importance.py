@@ -17,6 +17,7 @@ Pure torch functions; they run on the scores' device with no host synchronisatio
 from __future__ import annotations
 
 import torch
+
 from winnow.selection.scores import el2n, last_layer_grad_norm
 
 __all__ = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from winnow.selection.choose_torch import gumbel_top_k_torch
 
 __all__ = [

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from winnow.selection._state import check_state, make_state
 
 __all__ = [
     "NoiseScaleEstimate",
@@ -135,16 +138,26 @@ class NoiseScaleTracker:
     def b_simple(self) -> float:
         return self.estimate.b_simple
 
-    def state_dict(self) -> dict[str, float | int]:
-        return {
-            "beta": self.beta,
-            "grad_sq": self._grad_sq,
-            "trace": self._trace,
-            "steps": self.steps,
-            "skipped": self.skipped,
-        }
+    def state_dict(self) -> dict[str, Any]:
+        """The EMAs and counters, in the state convention of docs/conventions.md."""
+        return make_state(
+            "NoiseScaleTracker",
+            1,
+            {"beta": self.beta},
+            grad_sq=self._grad_sq,
+            trace=self._trace,
+            steps=self.steps,
+            skipped=self.skipped,
+        )
 
     def load_state_dict(self, state: dict) -> None:
-        self.beta = float(state["beta"])
+        """Restore :meth:`state_dict`; refuses a state of another ``beta``."""
+        check_state(
+            state,
+            kind="NoiseScaleTracker",
+            version=1,
+            config={"beta": self.beta},
+            required=("grad_sq", "trace", "steps", "skipped"),
+        )
         self._grad_sq, self._trace = float(state["grad_sq"]), float(state["trace"])
         self.steps, self.skipped = int(state["steps"]), int(state["skipped"])

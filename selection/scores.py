@@ -9,8 +9,12 @@ See ALGORITHMS.md section 8 (EL2N, forgetting), section 9 (last-layer bound), se
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from winnow.selection._state import check_state, make_state
 
 __all__ = [
     "ForgettingTracker",
@@ -254,23 +258,37 @@ class ForgettingTracker:
         out[~self._seen] = unseen
         return out
 
-    def state_dict(self) -> dict[str, np.ndarray | int]:
-        return {
-            "num_examples": self.num_examples,
-            "last_correct": self._last_correct.copy(),
-            "seen": self._seen.copy(),
-            "learned": self._learned.copy(),
-            "forgets": self._forgets.copy(),
-            "presentations": self._presentations.copy(),
-        }
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's arrays as tensors, in the state convention of docs/conventions.md."""
+        return make_state(
+            "ForgettingTracker",
+            _FORGETTING_VERSION,
+            {"num_examples": self.num_examples},
+            **{key: torch.from_numpy(getattr(self, f"_{key}").copy()) for key in _FORGETTING_KEYS},
+        )
 
     def load_state_dict(self, state: dict) -> None:
-        if int(state["num_examples"]) != self.num_examples:
-            raise ValueError(
-                f"state is for {state['num_examples']} examples, tracker has {self.num_examples}"
-            )
-        self._last_correct = np.asarray(state["last_correct"], dtype=bool).copy()
-        self._seen = np.asarray(state["seen"], dtype=bool).copy()
-        self._learned = np.asarray(state["learned"], dtype=bool).copy()
-        self._forgets = np.asarray(state["forgets"], dtype=np.int32).copy()
-        self._presentations = np.asarray(state["presentations"], dtype=np.int32).copy()
+        """Restore :meth:`state_dict`; refuses another N or arrays of the wrong shape."""
+        check_state(
+            state,
+            kind="ForgettingTracker",
+            version=_FORGETTING_VERSION,
+            config={"num_examples": self.num_examples},
+            required=_FORGETTING_KEYS,
+        )
+        arrays = {}
+        for key in _FORGETTING_KEYS:
+            value = state[key]
+            array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if array.shape != (self.num_examples,):
+                raise ValueError(
+                    f"ForgettingTracker state {key!r} has shape {array.shape}; expected "
+                    f"({self.num_examples},)"
+                )
+            arrays[key] = array.astype(getattr(self, f"_{key}").dtype).copy()
+        for key, array in arrays.items():
+            setattr(self, f"_{key}", array)
+
+
+_FORGETTING_VERSION = 2
+_FORGETTING_KEYS = ("last_correct", "seen", "learned", "forgets", "presentations")

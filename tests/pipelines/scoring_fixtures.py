@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
+
 from winnow.pipelines.toydata import MLP
 
 __all__ = [

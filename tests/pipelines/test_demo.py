@@ -3,6 +3,7 @@
 import io
 
 import pytest
+
 from winnow.pipelines.demo import run_demo
 from winnow.store import ScoreStore
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
 from winnow.pipelines.cli import main
 from winnow.pipelines.embed import write_embedding_metrics
 from winnow.pipelines.scorer import BatchScorer, scalar_outputs, validate_metrics
 from winnow.store import ScoreStore
-
-from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
 
 FIX = "tests.pipelines.scoring_fixtures"
 

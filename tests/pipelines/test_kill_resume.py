@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from winnow.store import ScoreStore
 
 from tests.pipelines.scoring_fixtures import make_arrays, write_parquet
 from winnow import pipelines
+from winnow.store import ScoreStore
 
 N, SHARD = 1800, 100  # 18 shards
 REPO = Path(__file__).resolve().parents[2]
@@ -65,14 +65,21 @@ def _stderr(proc: subprocess.Popen) -> str:
 
 
 def _reap(proc: subprocess.Popen) -> None:
-    """Kill whatever the driver's session still runs (its embedded Ray after a SIGKILL)."""
-    for pid in _session_pids(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """Kill whatever the driver's session still runs (its embedded Ray after a SIGKILL).
+
+    Repeated for a few seconds: a raylet can fork a worker between listing and killing.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        for pid in _session_pids(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+        if not _session_pids(proc.pid) or time.monotonic() > deadline:
+            break
     proc.log.close()
-    time.sleep(0.5)
     assert _session_pids(proc.pid) == []
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from winnow.pipelines.models import ModelSpec, describe_model, import_object, load_model
 
 from tests.pipelines.scoring_fixtures import mlp
+from winnow.pipelines.models import ModelSpec, describe_model, import_object, load_model
 
 
 class _NotATensor:

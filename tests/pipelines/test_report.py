@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+
 from winnow.pipelines.cli import main as cli_main
 from winnow.pipelines.report import render_report, write_report
 from winnow.store import ScoreStore

@@ -12,6 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
+
 from winnow.pipelines.report import render_report
 from winnow.store import ScoreStore
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from winnow.pipelines.scorer import ShardError
-from winnow.store import ScoreStore
 
 from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
 from winnow import pipelines
+from winnow.pipelines.scorer import ShardError
+from winnow.store import ScoreStore
 
 FIX = "tests.pipelines.scoring_fixtures"
 

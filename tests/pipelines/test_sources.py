@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
 
 from tests.pipelines.scoring_fixtures import make_arrays, write_parquet
+from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
 
 
 def _collect(reader, start, stop, batch_size):

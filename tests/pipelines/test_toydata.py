@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from winnow.pipelines.toydata import MLP, SmallCNN, add_label_noise, make_mnist1d
 
 

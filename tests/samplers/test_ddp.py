@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
+
 from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
 
 N, EPOCHS, BATCH = 3001, 4, 64  # odd N: DistributedSampler padding is exercised

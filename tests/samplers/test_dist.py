@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
+
 from winnow.samplers._dist import all_gather_feedback, resolve_rank_world, shard, shard_length
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
 from winnow.samplers.hardbatch import HardBatchSampler
 from winnow.samplers.indexed import IndexedDataset
 
@@ -72,7 +73,7 @@ def reference_dybat(n_b, k, epochs, batch_loss):
 
 def test_budget_is_exactly_e_plain_epochs():
     s = HardBatchSampler(103, 10, delta=0.35, num_epochs=3, seed=1)
-    assert (s.num_batches, s.batches_per_round, s.total_steps) == (10, 3, 30)
+    assert (s.num_batches, s.batches_per_round, s.total_steps()) == (10, 3, 30)
     losses = Losses(103)
     lengths = []
     for epoch in range(3):
@@ -156,7 +157,7 @@ def test_real_dataloader_with_prefetching_workers():
             opt.step()
             opt.zero_grad()
             steps += 1
-    assert steps == 30 == s.total_steps
+    assert steps == 30 == s.total_steps()
     scores, step = s.batch_losses()
     assert np.isfinite(scores).all() and step.max() == 29
 

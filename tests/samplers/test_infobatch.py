@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
+
 from winnow.samplers import IndexedDataset, InfoBatchSampler, ScoreTable
 
 
@@ -70,7 +71,7 @@ def test_epoch_zero_never_prunes_and_annealing_resets_weights():
             torch.testing.assert_close(out, losses.mean())  # all weights 1
     assert lengths[0] == n and lengths[9] == n
     assert all(length < n for length in lengths[1:9])
-    assert [s.is_pruned_epoch(e) for e in range(epochs)] == [True] * 9 + [False]
+    assert [s.policy.is_pruned_epoch(e) for e in range(epochs)] == [True] * 9 + [False]
 
 
 def test_expected_epoch_gradient_is_unbiased_on_a_quadratic():
@@ -131,8 +132,10 @@ def test_target_saving_meets_the_budget():
     rng = np.random.default_rng(5)
     scale = rng.uniform(0.2, 3.0, size=n)  # per-example difficulty, noisy each epoch
     steps = 0
+    projected = [s.total_steps(1)]  # examples trained over the run, projected from the budget
     for epoch in range(epochs):
         s.set_epoch(epoch)
+        projected.append(s.total_steps(1))
         ids = s.rank_plan().astype(np.int64)
         steps += s.steps_per_epoch(64)
         s.update(ids, (scale[ids] * rng.exponential(size=len(ids))).astype(np.float32))
@@ -142,6 +145,10 @@ def test_target_saving_meets_the_budget():
     assert all(0 < ratios[e] <= 0.9 for e in range(1, 9))
     assert len(set(np.round(list(ratios.values()), 6))) > 2  # r adapts per epoch
     assert s.total_steps(64) == steps  # exact once every epoch is planned
+    realised = s.total_steps(1)
+    assert realised == round((1 - s.saved_fraction()) * epochs * n)
+    # the realised total, not the full-data bound, at every point of the run
+    assert all(abs(p - realised) <= 2 * epochs for p in projected), (projected, realised)
     with pytest.raises(ValueError, match="target_saving must be in"):
         InfoBatchSampler(n, num_epochs=10, delta=0.9, target_saving=0.75)
 

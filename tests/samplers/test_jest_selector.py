@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from winnow.pipelines.toydata import MLP
 from winnow.samplers.jest import JESTSelector, score_super_batch
 from winnow.selection.jest import jest_scores, joint_learnability
@@ -51,8 +52,9 @@ def test_errors_name_missing_ids_and_source():
         sel.select(torch.arange(6), torch.tensor(1.0))
     with pytest.raises(ValueError, match="NaN"):
         sel.select(torch.arange(6), torch.tensor([0.0, 1, 2, float("nan"), 1, 1]))
-    with pytest.raises(ValueError, match="too small"):
-        sel.select(torch.arange(1), torch.zeros(1))
+    # floor(1 * (1 - 0.5)) = 0 rows: every selector keeps at least one row
+    rows, _ = sel.select(torch.arange(1, 2), torch.zeros(1))
+    assert rows.tolist() == [0]
     with pytest.raises(ValueError, match=r"\[B, B\]"):
         sel.select_pairwise(torch.arange(6), torch.zeros(6, 5), torch.zeros(6, 6))
     with pytest.raises(ValueError, match="needs reference_losses"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from winnow.samplers import _permute
 from winnow.samplers._permute import choose_in_mask, permutation, permuted, permuted_nonzero
 

@@ -1,12 +1,16 @@
 """Resume: stopping anywhere (mid-epoch included) and restarting from the checkpointed states
-gives exactly the rest of the uninterrupted run, for every sampler, through a real DataLoader."""
+gives exactly the rest of the uninterrupted run, for every sampler, through a real DataLoader.
 
-import pickle
+Checkpoints go through ``torch.save`` and ``torch.load`` with its defaults (``weights_only=True``),
+as a user's training script would write them."""
+
+import io
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+
 from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
 
 N, EPOCHS, BATCH = 300, 6, 32
@@ -31,7 +35,7 @@ def run(make, *, stop_at=None, checkpoint=None, workers=0, explicit_position=Fal
     sampler = make()
     start = 0
     if checkpoint is not None:
-        state = pickle.loads(checkpoint)
+        state = torch.load(io.BytesIO(checkpoint))
         sampler.scores.load_state_dict(state["scores"])
         sampler.load_state_dict(state["sampler"])
         start = state["sampler"]["epoch"]
@@ -52,7 +56,9 @@ def run(make, *, stop_at=None, checkpoint=None, workers=0, explicit_position=Fal
                     "sampler": sampler.state_dict(position=position),
                     "scores": sampler.scores.state_dict(),
                 }
-                return seen, pickle.dumps(state)
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                return seen, buffer.getvalue()
     sampler.set_epoch(EPOCHS)  # settle the last epoch's feedback
     return seen, sampler.scores.values.copy()
 
@@ -99,8 +105,14 @@ def test_the_iterator_position_runs_ahead_under_prefetch():
 def test_load_rejects_foreign_states():
     s = SAMPLERS["rs2"]()
     state = s.state_dict()
-    with pytest.raises(ValueError, match="state is for 300 examples"):
-        RS2Sampler(301, 0.3).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_examples: stored 300, here 301"):
+        RS2Sampler(301, 0.3, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="keep: stored 0.3, here 0.4"):
+        RS2Sampler(300, 0.4, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed: stored 5, here 6"):
+        RS2Sampler(300, 0.3, seed=6).load_state_dict(state)
+    with pytest.raises(ValueError, match="'RS2Sampler' state; expected a 'InfoBatchSampler'"):
+        InfoBatchSampler(300, 4, seed=5).load_state_dict(state)
     moved = dict(state, position=5, world_size=2)
     with pytest.raises(ValueError, match="cannot resume mid-epoch"):
         s.load_state_dict(moved)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from winnow.pipelines.toydata import MLP
 from winnow.samplers.rho import (
     RhoLossSelector,

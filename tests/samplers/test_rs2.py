@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from winnow.samplers import RS2Sampler, compressed_cosine, cosine_lambda
 
 
@@ -66,10 +67,13 @@ def test_stratified_rounds_take_round_ratio_times_class_size(replacement):
 
 def test_steps_and_compressed_cosine():
     s = RS2Sampler(1000, 0.1)
-    assert s.steps_per_round(32) == 3  # floor(100 / 32): drop_last without replacement
-    assert RS2Sampler(1000, 0.1, replacement=True).steps_per_round(32) == 4
-    total = s.total_steps(32, num_rounds=50)
+    assert s.steps_per_epoch(32, drop_last=True) == 3  # floor(100 / 32), upstream's loader
+    assert RS2Sampler(1000, 0.1, replacement=True).steps_per_epoch(32) == 4
+    assert s.total_steps(32, 50) == 200  # exact before any round is planned
+    total = s.total_steps(32, 50, drop_last=True)
     assert total == 150
+    with pytest.raises(ValueError, match="pass num_epochs"):
+        s.total_steps(32)
     lrs = [compressed_cosine(t, total, lr_max=0.1, lr_min=1e-4) for t in range(total + 1)]
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(1e-4)
     assert lrs[total // 2] == pytest.approx((0.1 + 1e-4) / 2)
@@ -87,7 +91,7 @@ def test_steps_and_compressed_cosine():
 
 def test_bad_arguments():
     for ratio in (0.0, 1.5):
-        with pytest.raises(ValueError, match="ratio must be in"):
+        with pytest.raises(ValueError, match="keep must be a fraction in"):
             RS2Sampler(10, ratio)
     with pytest.raises(ValueError, match="rounds every class to 0"):
         RS2Sampler(10, 0.01, labels=np.arange(10))

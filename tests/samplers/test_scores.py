@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from winnow.samplers import InfoBatchSampler, ScoreTable
 
 
@@ -78,7 +79,7 @@ def test_state_round_trip_keeps_pending_feedback():
     assert u.num_pending == 1
     u.flush()
     np.testing.assert_allclose(u.values, [0.2, 0.7, 1.0, 1.0, 0.4])
-    with pytest.raises(ValueError, match="state is for 5 examples but this table has 6"):
+    with pytest.raises(ValueError, match="num_examples: stored 5, here 6"):
         ScoreTable(6).load_state_dict(state)
 
 

@@ -1,14 +1,16 @@
 """Resume through torchdata's ``StatefulDataLoader``: a checkpoint of ``loader.state_dict()`` and
 ``sampler.scores.state_dict()`` taken after any batch (mid-epoch included), restored into fresh
 objects, gives exactly the rest of the uninterrupted run: ids, InfoBatch weights, weighted losses,
-the plans of every later epoch and the final scores, with and without worker processes."""
+the plans of every later epoch and the final scores, with and without worker processes.
+Checkpoints round-trip through ``torch.save``/``torch.load`` with its defaults."""
 
-import pickle
+import io
 
 import numpy as np
 import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
+
 from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
 
 # torchdata 0.11 calls a deprecated torch API in StatefulDataLoader.__init__.
@@ -21,6 +23,16 @@ SAMPLERS = {
     "rs2": lambda: RS2Sampler(N, 0.3, seed=5),
     "pruned": lambda: PrunedSampler(np.sin(np.arange(N)), 0.6, alpha=0.2, seed=2),
 }
+
+
+def _save(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _load(checkpoint: bytes):
+    return torch.load(io.BytesIO(checkpoint))  # weights_only=True, torch's default
 
 
 def loss_of(ids: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -46,7 +58,7 @@ def run(make, *, stop_at=None, stop_after_epoch=None, checkpoint=None, workers=0
     )
     start = 0
     if checkpoint is not None:
-        state = pickle.loads(checkpoint)
+        state = _load(checkpoint)
         sampler.scores.load_state_dict(state["scores"])  # scores first, then the loader
         loader.load_state_dict(state["loader"])
         start = state["epoch"]  # the training loop's own counter
@@ -63,7 +75,7 @@ def run(make, *, stop_at=None, stop_after_epoch=None, checkpoint=None, workers=0
                     "scores": sampler.scores.state_dict(),
                     "epoch": epoch,
                 }
-                return seen, pickle.dumps(state)
+                return seen, _save(state)
         plans[epoch] = sampler.plan.ids.tolist()
         if epoch == stop_after_epoch:
             state = {
@@ -71,7 +83,7 @@ def run(make, *, stop_at=None, stop_after_epoch=None, checkpoint=None, workers=0
                 "scores": sampler.scores.state_dict(),
                 "epoch": epoch + 1,
             }
-            return seen, pickle.dumps(state)
+            return seen, _save(state)
     sampler.set_epoch(EPOCHS)  # settle the last epoch's feedback
     return seen, plans, sampler.scores.values.copy()
 
@@ -149,7 +161,7 @@ def test_the_loader_state_holds_the_consumed_position_while_workers_prefetch():
 def test_set_epoch_before_the_loader_state_is_applied_rejects_an_earlier_epoch():
     make = SAMPLERS["rs2"]
     _, checkpoint = run(make, stop_at=10)
-    state = pickle.loads(checkpoint)
+    state = _load(checkpoint)
     assert state["epoch"] > 0
     sampler = make()
     loader = StatefulDataLoader(IndexedDataset(range(N)), batch_size=BATCH, sampler=sampler)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from winnow.samplers.toploss import TopLossSelector
 
 

@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import torch
+
 from winnow.pipelines.cli import main
 from winnow.samplers import InfoBatchSampler, PrunedSampler
 from winnow.store import ScoreStore

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+
 from winnow.pipelines.toydata import SmallCNN
 from winnow.samplers import (
     IndexedDataset,

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from winnow.selection import choose
 from winnow.selection._ranking import order_by_score
 from winnow.selection.choose import (

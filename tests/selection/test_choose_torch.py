@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from winnow.selection.choose_torch import gumbel_top_k_torch
 
 

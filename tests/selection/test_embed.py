@@ -3,6 +3,7 @@
 import faiss
 import numpy as np
 import pytest
+
 from winnow.selection.embed import (
     assign_to_centroids,
     class_prototype_distance,

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from winnow.pipelines.toydata import MLP, SmallCNN
 from winnow.selection.gradnorm import per_example_grad_norms
 from winnow.selection.losses import per_example_cross_entropy, sequence_loss

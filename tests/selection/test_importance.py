@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from winnow.selection.importance import (
     last_layer_bound,
     sample_with_replacement,

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from winnow.selection.choose_torch import gumbel_top_k_torch
 from winnow.selection.jest import (
     batch_size_for,

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from winnow.selection.losses import (
     as_per_example,
     per_example_cross_entropy,

@@ -1,10 +1,12 @@
 """Noise-scale estimators: unbiased on synthetic gradients, consistent with each other."""
 
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
+
 from winnow.pipelines.toydata import MLP
 from winnow.selection.gradnorm import per_example_grad_norms
 from winnow.selection.losses import per_example_cross_entropy
@@ -72,9 +74,14 @@ def test_tracker_keeps_separate_bias_corrected_emas():
     assert tr.b_simple == pytest.approx(ema_t / ema_g)  # ratio of EMAs, not EMA of ratios
     tr.update(NoiseScaleEstimate(grad_sq=math.nan, trace_cov=1.0))
     assert tr.skipped == 1 and tr.steps == 2
-    other = NoiseScaleTracker()
-    other.load_state_dict(tr.state_dict())
+    buffer = io.BytesIO()
+    torch.save(tr.state_dict(), buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()))  # torch's defaults: weights_only
+    other = NoiseScaleTracker(beta=0.9)
+    other.load_state_dict(state)
     assert other.b_simple == tr.b_simple
+    with pytest.raises(ValueError, match="beta: stored 0.9, here 0.99"):
+        NoiseScaleTracker().load_state_dict(state)
 
 
 @pytest.mark.parametrize(

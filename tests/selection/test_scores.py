@@ -1,5 +1,6 @@
 """Scores from logits, learnability aligned by id, and the forgetting counter."""
 
+import io
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from winnow.selection.gradnorm import per_example_grad_norms
 from winnow.selection.losses import per_example_cross_entropy
 from winnow.selection.scores import (
@@ -123,7 +125,9 @@ def test_forgetting_state_round_trip_and_errors():
     tr = ForgettingTracker(4)
     tr.update(np.array([0, 1]), np.array([True, True]))
     other = ForgettingTracker(4)
-    other.load_state_dict(tr.state_dict())
+    buffer = io.BytesIO()
+    torch.save(tr.state_dict(), buffer)
+    other.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))  # weights_only default
     tr.update(np.array([0]), np.array([False]))
     other.update(np.array([0]), np.array([False]))
     np.testing.assert_array_equal(tr.forgetting_counts, other.forgetting_counts)
@@ -131,7 +135,7 @@ def test_forgetting_state_round_trip_and_errors():
         tr.update(np.array([4]), np.array([True]))
     with pytest.raises(ValueError, match="shape"):
         tr.update(np.array([0, 1]), np.array([True]))
-    with pytest.raises(ValueError, match="state is for 4"):
+    with pytest.raises(ValueError, match="num_examples: stored 4, here 3"):
         ForgettingTracker(3).load_state_dict(tr.state_dict())
 
 
