@@ -2,7 +2,7 @@
 
 Each method trains ``run.learner`` through ``MethodRun.step`` under the shared recipe and
 decides only *which* examples each step sees (and their loss weights) and how the learning rate
-progresses, exactly as its section of ALGORITHMS.md says:
+progresses, exactly as its page in docs/ says:
 
 - epoch methods keep the recipe's epochs over whatever each epoch plans (InfoBatch's LR follows
   epoch progress; static subsets keep the epochs over the smaller set; RS2 runs ``epochs``
@@ -33,7 +33,7 @@ __all__ = ["MethodConfig", "SharedSetups", "METHODS", "method_names"]
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Method hyper-parameters (defaults from ALGORITHMS.md unless noted)."""
+    """Method hyper-parameters (defaults from the methods' pages in docs/ unless noted)."""
 
     ratio: float = 0.3  # RS2 / static random / EL2N kept fraction
     infobatch_prune: float = 0.5
@@ -217,7 +217,7 @@ def _full_steps(run: MethodRun) -> int:
 
 
 def _twin_irreducible(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
-    """Twin IL losses (ALGORITHMS.md §6, no holdout): two models of the learner's architecture,
+    """Twin IL losses (docs/rho-loss.md, no holdout): two models of the learner's architecture,
     each trained ``il_epochs`` on one half (even / odd ids), score the other half.
 
     float32 [N]. Trained with the benchmark's own counted loop rather than

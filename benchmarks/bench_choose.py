@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from winnow.selection import choose
 
 __all__ = ["main"]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from winnow.selection import semdedup, spherical_kmeans
 
 __all__ = ["main"]

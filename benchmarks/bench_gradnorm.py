@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from winnow.pipelines.toydata import MLP, SmallCNN
-from winnow.selection import per_example_cross_entropy, per_example_grad_norms
 
 from benchmarks._timing import interleaved_times
+from winnow.pipelines.toydata import MLP, SmallCNN
+from winnow.selection import per_example_cross_entropy, per_example_grad_norms
 
 __all__ = ["main"]
 

@@ -70,6 +70,7 @@ def _seeded_infobatch(n: int):
 def _build(case: str, n: int):
     import torch
     from torch.utils.data import RandomSampler
+
     from winnow.samplers import PrunedSampler, RS2Sampler
 
     if case == "RandomSampler (baseline)":
@@ -142,6 +143,7 @@ def _in_child(target, case: str, n: int) -> dict:
 
 def _feedback(steps: int) -> dict[str, float]:
     import torch
+
     from winnow.samplers import InfoBatchSampler
 
     n = 1_000_000

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
     import torch
+
     from winnow.pipelines.toydata import SmallCNN
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

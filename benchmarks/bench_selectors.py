@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from benchmarks._timing import interleaved_times
 from winnow.pipelines.toydata import MLP, SmallCNN
 from winnow.samplers.jest import JESTSelector, score_super_batch
 from winnow.samplers.rho import RhoLossSelector
 from winnow.samplers.toploss import TopLossSelector
 from winnow.selection.jest import jest_scores, joint_sample
 from winnow.selection.losses import per_example_cross_entropy, sigmoid_pair_losses
-
-from benchmarks._timing import interleaved_times
 
 __all__ = ["main"]
 

@@ -28,9 +28,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from winnow.store import ScoreStore
 
 from benchmarks._timing import interleaved_times
+from winnow.store import ScoreStore
 
 __all__ = ["main"]
 

@@ -60,6 +60,7 @@ def _train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int, out: IO[str]
     """A SmallCNN trained with Adam on ``(x, y)``; returns the module in eval mode."""
     import torch
     import torch.nn.functional as F
+
     from winnow.pipelines.toydata import SmallCNN
 
     gen = torch.Generator().manual_seed(seed)

@@ -49,6 +49,7 @@ def write_embedding_metrics(
     same values. Returns ``{metric: rows written}``.
     """
     import pyarrow as pa
+
     from winnow.selection import embed
 
     ids, vectors = store.read_vectors(run, name)

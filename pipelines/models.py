@@ -89,6 +89,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> tuple[Any, Callable]:
     """
     import torch
     from torch import nn
+
     from winnow.selection.losses import as_per_example, per_example_cross_entropy
 
     factory = import_object(spec.factory, "model factory")

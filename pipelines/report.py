@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from winnow.pipelines import _report_figures as figures
 from winnow.pipelines import _report_queries as q
 

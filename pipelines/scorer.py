@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from winnow.pipelines.models import ModelSpec, load_model
 from winnow.pipelines.sources import ItemError
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from winnow.pipelines.models import import_object
 
 __all__ = ["Batch", "SourcePlan", "ParquetSource", "DatasetSource", "ItemError", "make_source"]

@@ -2,7 +2,7 @@
 
 Each rule takes the module, the input it saw in the forward pass and the gradient of the summed
 loss with respect to its output, and returns ``{parameter attribute: Tensor[B]}`` of squared
-norms, without forming per-example gradients when that is cheaper (ALGORITHMS.md section 9):
+norms, without forming per-example gradients when that is cheaper (docs/gradient-norms.md):
 
 - Linear, ``A_i`` ``[T, d_in]``, ``G_i`` ``[T, d_out]``:
   ``||G_i^T A_i||_F^2 = <A_i A_i^T, G_i G_i^T>`` (``T = 1``: ``||a_i||^2 ||g_i||^2``); the

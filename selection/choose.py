@@ -12,8 +12,8 @@ about 8 (positions) plus 8 (keys and noise, float32) for the stochastic choosers
 Ties are broken by position (lower position first), so the result is the same on every machine
 and never depends on an RNG; returned positions within a block are ordered by score.
 
-References: ALGORITHMS.md section 7 (stochastic acquisition), section 8 (EL2N offset windows,
-calibration by randomisation).
+References: docs/stochastic-selection.md (stochastic acquisition), docs/static-pruning.md
+(EL2N offset windows, calibration by randomisation).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def threshold(scores, value: float, *, above: bool = True, inclusive: bool = Fal
 def offset_window(scores, k: int, *, offset: int, largest: bool = True) -> np.ndarray:
     """Skip the ``offset`` most extreme scores, then take the next ``k`` (in rank order).
 
-    Data Diet's "offset" mode (ALGORITHMS.md section 8): with ``largest=True`` it drops the very
+    Data Diet's "offset" mode (docs/static-pruning.md): with ``largest=True`` it drops the very
     hardest examples (often mislabelled) and keeps the next ``k`` hardest. ``offset + k <= n``.
     """
     s = as_score_array(scores)
@@ -126,7 +126,7 @@ def gumbel_top_k(
 ) -> np.ndarray:
     """Draw ``k`` positions without replacement, with probabilities set by ``kind`` and ``beta``.
 
-    Stochastic acquisition (Kirsch et al. 2023; ALGORITHMS.md section 7), sampled with the
+    Stochastic acquisition (Kirsch et al. 2023; docs/stochastic-selection.md), sampled with the
     Gumbel-top-k trick: the top ``k`` of ``u_i + G_i/beta`` with ``G_i ~ Gumbel(0, 1)`` is a
     sequential draw without replacement with ``p_i ∝ exp(beta * u_i)``, where
 
@@ -208,7 +208,7 @@ def _complement_draw(chosen: np.ndarray, n: int, m: int, rng: np.random.Generato
 def random_mix(
     scores, k: int, *, alpha: float, rng: np.random.Generator, largest: bool = True
 ) -> np.ndarray:
-    """Calibration by randomisation, budget split (ALGORITHMS.md section 8).
+    """Calibration by randomisation, budget split (docs/static-pruning.md).
 
     Keep ``k - round(alpha*k)`` positions by score (the largest, or smallest with
     ``largest=False``) and ``round(alpha*k)`` uniformly at random from the rest. ``alpha=0`` is

@@ -1,6 +1,6 @@
 """Stochastic acquisition on torch tensors (any device), for in-step selectors.
 
-Same rules as ``selection.choose.gumbel_top_k`` (ALGORITHMS.md section 7), computed with tensor
+Same rules as ``selection.choose.gumbel_top_k`` (docs/stochastic-selection.md), computed with tensor
 ops on the scores' device and a caller-owned ``torch.Generator``, without a host-device sync
 (no ``.item()``, no data-dependent shapes). Input checks that would need a sync (NaN, negative
 scores for ``kind="power"``) run only with ``check=True``.

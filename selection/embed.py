@@ -6,9 +6,9 @@ Peak extra memory is one chunk plus the k-means training sample plus O(N) result
 
 - ``spherical_kmeans``: faiss k-means with unit-norm centroids, trained on a random sample of
   at most ``k * max_points_per_centroid`` rows, then every row assigned in chunks.
-- Prototypicality (Sorscher et al. 2022; ALGORITHMS.md section 8): cosine distance to the
+- Prototypicality (Sorscher et al. 2022; docs/embeddings.md): cosine distance to the
   assigned centroid, ``1 - cos``; **higher = less prototypical (harder)**.
-- ``semdedup`` (Abbas et al. 2023; ALGORITHMS.md section 8): within each cluster, members are
+- ``semdedup`` (Abbas et al. 2023; docs/embeddings.md): within each cluster, members are
   ordered by distance to the centroid (farthest first by default, "keep hard"); member ``j`` is
   a duplicate iff its largest cosine similarity to an *earlier* member exceeds ``1 - eps``. Not
   transitivity-aware, as upstream: ``j`` goes even if that earlier member also went. Several

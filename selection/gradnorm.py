@@ -1,7 +1,7 @@
 """Exact per-example gradient norms: ghost norms from one backward, ``torch.func`` for the rest.
 
 ``per_example_grad_norms(model, loss_fn, inputs, targets)`` returns ``||grad_theta l_i||_2`` for
-every example of the batch, over all parameters with ``requires_grad`` (ALGORITHMS.md section 9).
+every example of the batch, over all parameters with ``requires_grad`` (docs/gradient-norms.md).
 
 How: forward hooks on the supported layers (see ``selection._ghost``) keep each layer's input
 and register a tensor hook on its *output*; one ``torch.autograd.grad`` of ``sum_i l_i`` fires the

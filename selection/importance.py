@@ -1,4 +1,4 @@
-"""Importance sampling with the last-layer gradient bound (ALGORITHMS.md §9).
+"""Importance sampling with the last-layer gradient bound (docs/importance-sampling.md).
 
 Katharopoulos & Fleuret, "Not All Samples Are Created Equal" (ICML 2018).
 

@@ -1,4 +1,4 @@
-"""JEST's joint-example sampler and its per-example reduction (ALGORITHMS.md §5), in torch.
+"""JEST's joint-example sampler and its per-example reduction (docs/jest.md), in torch.
 
 Everything here is a pure function of tensors and a ``torch.Generator``: it runs on the device the
 scores live on and never moves data to the host, so an in-step selector built on it adds no host

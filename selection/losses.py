@@ -146,7 +146,7 @@ def sigmoid_pair_losses(
 ) -> torch.Tensor:
     """SigLIP pairwise losses ``A_ij = log(1 + exp(-z_ij (t x_i.y_j + b)))``, ``[B, B]``.
 
-    ``z_ij = +1`` on the diagonal (matching pairs), ``-1`` elsewhere (ALGORITHMS.md section 5).
+    ``z_ij = +1`` on the diagonal (matching pairs), ``-1`` elsewhere (docs/jest.md).
     ``x_emb``, ``y_emb``: float ``[B, D]``, already L2-normalised unless ``normalize=True``.
     ``temperature`` (``t``) and ``bias`` (``b``) may be learnable scalar tensors. The batch loss
     is ``A.sum() / B``; JEST uses the matrix itself.

@@ -1,4 +1,6 @@
-"""Gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` (McCandlish et al. 2018; ALGORITHMS §11).
+"""Gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` (McCandlish et al. 2018).
+
+Rules: docs/noise-scale.md.
 
 Two unbiased estimators from squared gradient norms taken at the same parameters:
 

@@ -3,8 +3,8 @@
 Functions take logits ``[B, C]`` (torch, any device) and return ``[B]`` on the same device; they
 are forward-only and meant to run under ``torch.no_grad``. Direction, for every score here:
 **higher = harder / less certain / more informative**, except ``margin`` (lower = harder).
-See ALGORITHMS.md section 8 (EL2N, forgetting), section 9 (last-layer bound), section 6
-(learnability = RHO-LOSS score).
+See docs/static-pruning.md (EL2N, forgetting), docs/importance-sampling.md (last-layer
+bound), docs/rho-loss.md (learnability = RHO-LOSS score).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def last_layer_grad_norm(
     """Exact per-example gradient norm of a final ``Linear`` layer under softmax CE, ``[B]``.
 
     ``||p_i - y_i|| * sqrt(||h_i||^2 + 1)`` with ``h_i`` = ``features`` ``[B, D]`` (the layer's
-    input); drop the ``+1`` with ``bias=False`` (ALGORITHMS.md section 9).
+    input); drop the ``+1`` with ``bias=False`` (docs/importance-sampling.md).
     """
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         raise ValueError(
@@ -170,7 +170,7 @@ def learnability(ids, learner_losses, reference_values):
 
 
 class ForgettingTracker:
-    """Forgetting events per example (Toneva et al. 2019; ALGORITHMS.md section 8).
+    """Forgetting events per example (Toneva et al. 2019; docs/static-pruning.md).
 
     Feed it the 0/1 correctness of each example every time it appears in a training batch
     (the update's own forward). A *forgetting event* is correct -> incorrect between consecutive

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from winnow.store.errors import CorruptFileError
 from winnow.store.files import SCORES_SCHEMA, check_schema
 from winnow.store.layout import StoreFS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from winnow.store.errors import CorruptFileError
 from winnow.store.layout import StoreFS
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+
 from winnow.store.errors import ReadOnlyQueryError
 from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA
 from winnow.store.layout import SHARD_GLOB, StoreFS

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+
 from winnow.store import manifest as mf
 from winnow.store import vectors as vec
 from winnow.store.dense import read_dense

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
 from winnow.store.files import TRACE_SCHEMA, write_parquet
 from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
 from winnow.store.validation import as_numpy, check_ids, check_same_length, check_values

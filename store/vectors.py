@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
 from winnow.store.files import read_checked, vectors_schema
 from winnow.store.layout import StoreFS
 from winnow.store.validation import check_same_length

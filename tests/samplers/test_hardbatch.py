@@ -56,7 +56,7 @@ def drive(sampler, losses, epochs, *, lag=0, stop_after=None, start_epoch=0):
 
 
 def reference_dybat(n_b, k, epochs, batch_loss):
-    """ALGORITHMS.md §4 pseudo-code, verbatim: the schedule of batch indices."""
+    """The DyBAT pseudo-code of docs/hard-batch.md: the schedule of batch indices."""
     order = list(range(n_b))
     scores = [batch_loss(j) for j in order]
     steps = n_b

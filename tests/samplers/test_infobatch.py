@@ -1,4 +1,4 @@
-"""InfoBatch rules (ALGORITHMS.md §2): plan multiset, weights, annealing, unbiasedness, budget."""
+"""InfoBatch rules (docs/infobatch.md): plan multiset, weights, annealing, unbiasedness, budget."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Static pruning from stored scores (ALGORITHMS.md §8): choice rules and per-epoch shuffles."""
+"""Static pruning from stored scores (docs/static-pruning.md): choice rules, per-epoch shuffles."""
 
 import numpy as np
 import pytest

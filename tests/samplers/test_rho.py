@@ -183,8 +183,9 @@ def _train_on_stream(x, y, train_ids, x_test, y_test, *, selector, steps, seed, 
 
 @pytest.mark.timeout(180)
 def test_rho_loss_on_noisy_mnist1d_avoids_noise_and_learns_faster():
-    """ALGORITHMS.md §14 #7 at CPU scale: MNIST-1D (8000 generated, 6400 train), 20 % symmetric
-    label noise, parity holdout, the same small CNN as IL model and learner, n_B=320, n_b=32."""
+    """The RHO-LOSS paper's noisy-label experiment at CPU scale: MNIST-1D (8000 generated,
+    6400 train), 20 % symmetric label noise, parity holdout, the same small CNN as IL model and
+    learner, n_B=320, n_b=32."""
     from winnow.pipelines.toydata import SmallCNN, add_label_noise, make_mnist1d
 
     threads = torch.get_num_threads()

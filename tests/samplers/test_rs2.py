@@ -1,4 +1,4 @@
-"""RS2 (ALGORITHMS.md §3): rounds cut from permutations, independent rounds, strata, schedule."""
+"""RS2 (docs/rs2.md): rounds cut from permutations, independent rounds, strata, schedule."""
 
 import math
 

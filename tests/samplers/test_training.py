@@ -4,7 +4,7 @@ Stated tolerances (test accuracy, 1000 examples, 30 epochs, one fixed seed):
 - InfoBatch r=0.5, delta=0.875: within 2.5 points of full data (the paper's "lossless"),
   saving >= 20 % of backward examples;
 - RS2 r=0.5 without replacement, 30 rounds, compressed cosine: half the backward examples,
-  within 10 points (it trains on half the steps; ALGORITHMS.md §3);
+  within 10 points (it trains on half the steps; docs/rs2.md);
 - static pruning keeping the hardest 70 % by the full model's loss (alpha=0.2 random mix):
   within 6 points, saving 30 %.
 """
