@@ -366,7 +366,7 @@ class EpochSampler(Sampler[int]):
         normalised by the weights' sum, so the epoch's summed gradient is unbiased (InfoBatch).
         Half-precision losses are weighted in float32.
         """
-        ids, losses = as_feedback_tensors(ids, losses)
+        ids, losses = as_feedback_tensors(ids, losses, self.num_examples)
         self.scores.record_checked(ids, losses)
         weights = self._weights_on(losses.device, losses.dtype)
         if weights is None:

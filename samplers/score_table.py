@@ -39,12 +39,16 @@ def _cat_on_last_device(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.to(device, dtype) for p in parts])
 
 
-def as_feedback_tensors(ids: Any, losses: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check the *shapes and dtypes* of one feedback call and return it as tensors.
+def as_feedback_tensors(
+    ids: Any, losses: Any, num_examples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check one feedback call and return it as tensors.
 
     ``ids``: 1-D integer tensor/array ``[B]``; ``losses``: 1-D floating tensor/array ``[B]``
-    (``reduction="none"``). Values (NaN/inf, id range) are checked at settle time so a step
-    never forces a host-device synchronisation. Only metadata is read here.
+    (``reduction="none"``). Shapes and dtypes are always checked; ids on the CPU (as a
+    DataLoader yields them) are also checked against ``[0, num_examples)`` here, which costs
+    no device sync. Values on an accelerator (NaN/inf losses, ids moved to the device) are
+    checked at settle time, so a step never forces a host-device synchronisation.
     """
     if not isinstance(ids, torch.Tensor):
         ids = torch.as_tensor(np.asarray(ids))
@@ -65,6 +69,11 @@ def as_feedback_tensors(ids: Any, losses: Any) -> tuple[torch.Tensor, torch.Tens
         raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
     if not losses.dtype.is_floating_point:
         raise TypeError(f"losses must be a floating tensor, got dtype {losses.dtype}")
+    if num_examples is not None and ids.device.type == "cpu" and ids.numel():
+        bad = (ids < 0) | (ids >= num_examples)
+        if bool(bad.any()):
+            offending = torch.unique(ids[bad])[:10].tolist()
+            raise ValueError(f"feedback ids must be in [0, {num_examples}); got {offending}")
     return ids, losses
 
 
@@ -127,7 +136,7 @@ class ScoreTable:
         ``[0, N)``) raise ``ValueError`` at the next :meth:`flush` and leave the table untouched.
         The caller must not modify ``losses`` in place afterwards.
         """
-        ids, losses = as_feedback_tensors(ids, losses)
+        ids, losses = as_feedback_tensors(ids, losses, self._n)
         self.record_checked(ids, losses)
 
     def record_checked(self, ids: torch.Tensor, losses: torch.Tensor) -> None:

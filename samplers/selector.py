@@ -149,6 +149,8 @@ class InStepSelector:
             name=self.input_name,
             check_finite=self.check_finite,
         )
+        if checked.shape[0] == 0:
+            raise ValueError(f"{self.name} got an empty super-batch (0 rows); expected >= 1")
         k = self.selected_size(checked.shape[0])
         values = self.selection_scores(ids_np, checked)
         rows, weights = self.choose(values, k, self.generator(values.device))

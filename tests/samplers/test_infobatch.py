@@ -207,3 +207,15 @@ def test_forgetting_set_epoch_warns():
     s.update(ids, np.ones(len(ids), dtype=np.float32))
     with pytest.warns(UserWarning, match=r"call sampler.set_epoch\(epoch\) before every epoch"):
         list(s)
+
+
+def test_reweight_refuses_out_of_range_ids_and_records_nothing():
+    s = InfoBatchSampler(10, num_epochs=4, prune_ratio=0.5, seed=0)
+    s.set_epoch(0)
+    for bad in (torch.tensor([3, 10]), torch.tensor([-1, 2])):
+        with pytest.raises(ValueError, match=r"ids must be in \[0, 10\)"):
+            s.reweight(bad, torch.ones(2))
+        with pytest.raises(ValueError, match=r"ids must be in \[0, 10\)"):
+            s.update(bad, torch.ones(2))
+    assert s.scores.num_pending == 0  # the bad feedback is not left behind
+    s.set_epoch(1)  # and settling is not poisoned by it

@@ -38,15 +38,25 @@ def test_latest_wins_across_many_compacted_updates():
     ],
 )
 def test_bad_values_are_rejected_at_flush_and_leave_the_table_untouched(ids, losses, match):
+    """Values an accelerator holds are checked at settle time (no sync per step); ids are
+    recorded unchecked here, as ids that live on a device would be."""
     t = ScoreTable(6, initial=2.0)
     t.update(torch.tensor([3]), torch.tensor([1.0]))
-    t.update(ids, losses)
+    t.record_checked(ids, losses)
     with pytest.raises(ValueError, match=match):
         t.flush()
     np.testing.assert_array_equal(t.values, [2.0] * 6)
     assert t.num_pending == 3  # nothing lost: the caller decides
     t.discard_pending()
     assert t.flush() == 0
+
+
+def test_cpu_ids_out_of_range_are_rejected_at_once_and_not_recorded():
+    t = ScoreTable(6)
+    for ids in (torch.tensor([0, 6]), np.array([-1, 2])):
+        with pytest.raises(ValueError, match=r"ids must be in \[0, 6\)"):
+            t.update(ids, torch.tensor([0.1, 0.2]))
+    assert t.num_pending == 0
 
 
 def test_bad_shapes_are_rejected_at_once():

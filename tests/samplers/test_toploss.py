@@ -1,8 +1,10 @@
 """TopLossSelector: top-k and stochastic selection, errors, resume."""
 
+import numpy as np
 import pytest
 import torch
 
+from winnow.samplers import RhoLossSelector
 from winnow.samplers.toploss import TopLossSelector
 
 
@@ -39,3 +41,9 @@ def test_top_loss_errors_and_resume():
     b = TopLossSelector(keep=0.5, beta=1.0, seed=4)
     b.load_state_dict(state)
     assert b.select(None, losses)[0].tolist() == expected
+
+
+def test_empty_super_batch_is_refused_clearly():
+    for selector in (TopLossSelector(), RhoLossSelector(np.zeros(4, np.float32))):
+        with pytest.raises(ValueError, match="empty super-batch"):
+            selector.select(torch.zeros(0, dtype=torch.int64), torch.zeros(0))
