@@ -10,7 +10,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["resolve_rank_world", "shard", "shard_length", "all_gather_feedback", "is_distributed"]
+__all__ = [
+    "all_gather_feedback",
+    "gather_feedback_to_host",
+    "is_distributed",
+    "reduce_batch_means",
+    "resolve_rank_world",
+    "shard",
+    "shard_length",
+]
+
+# Entries per rank per collective when pending feedback is settled: bounds the gather buffers
+# (12 bytes per entry, times the world size, twice for padding) whatever the epoch's size.
+GATHER_CHUNK = 1 << 22
 
 
 def is_distributed() -> bool:
@@ -122,3 +134,62 @@ def all_gather_feedback(
     ids_all = torch.cat([part[:n] for part, n in zip(id_parts, counts, strict=True)])
     losses_all = torch.cat([part[:n] for part, n in zip(loss_parts, counts, strict=True)])
     return ids_all, losses_all
+
+
+def gather_feedback_to_host(
+    ids: torch.Tensor, losses: torch.Tensor, *, chunk: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every rank's ``(ids, losses)`` on the host as ``(int64, float32)`` numpy pairs.
+
+    Distributed, the gather runs in rounds of at most ``chunk`` entries per rank (default
+    :data:`GATHER_CHUNK`), each moved to the host before the next, so device memory stays
+    bounded at 10^8 entries; the rounds are agreed with one all-reduce. Every rank gets the same
+    list in the same order (rank order within a round). A collective when distributed.
+    """
+    chunk = GATHER_CHUNK if chunk is None else chunk
+    if not is_distributed() or dist.get_world_size() == 1:
+        if ids.numel() == 0:
+            return []
+        return [(ids.to(torch.int64).cpu().numpy(), losses.float().cpu().numpy())]
+    device = _gather_device(losses)
+    rounds = torch.tensor([-(-ids.shape[0] // chunk)], dtype=torch.int64, device=device)
+    dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
+    out = []
+    for r in range(int(rounds.item())):
+        part = slice(r * chunk, (r + 1) * chunk)
+        got_ids, got_losses = all_gather_feedback(ids[part], losses[part])
+        if got_ids.numel():
+            out.append((got_ids.cpu().numpy(), got_losses.float().cpu().numpy()))
+    return out
+
+
+def reduce_batch_means(entries: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each fed-back batch over all ranks, in one round of collectives.
+
+    ``entries``: float64 ``[n, 4]`` rows ``(loss sum, count, batch, step)`` of this rank's
+    slices, in feedback order. Every rank must hold the same ``n`` batches in the same order
+    (every rank calls ``update`` for every batch); a mismatch raises ``RuntimeError`` instead of
+    mixing batches. Returns float64 ``[n]`` means on the host.
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return (entries[:, 0] / entries[:, 1]).cpu()
+    world = dist.get_world_size()
+    device = _gather_device(entries)
+    entries = entries.to(device, torch.float64)
+    sizes = torch.tensor([entries.shape[0], -entries.shape[0]], dtype=torch.int64, device=device)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+    if int(sizes[0]) != -int(sizes[1]):
+        raise RuntimeError(
+            f"ranks fed back different numbers of batches this round ({-int(sizes[1])} to "
+            f"{int(sizes[0])}); every rank must call update() for every batch"
+        )
+    total = entries.clone()
+    dist.all_reduce(total)
+    total = total.cpu()
+    local = entries[:, 2:].cpu()
+    if not torch.equal(total[:, 2:], world * local):
+        raise RuntimeError(
+            "ranks fed back different batches in the same slots; every rank must call update() "
+            "for every batch, in the order the sampler yielded them"
+        )
+    return total[:, 0] / total[:, 1]

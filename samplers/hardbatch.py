@@ -25,9 +25,12 @@ that epoch's length and :meth:`total_steps` = ``E n_b`` is for LR schedulers.
 
 DDP: one global partition (same seed on every rank) with global batch size ``b``; each rank yields
 its ``DistributedSampler``-style slice ``batch[rank::world]`` of every scheduled batch, and
-:meth:`update` all-gathers the per-example losses so every rank scores the whole batch and all
-ranks keep identical tables and schedules. ``update`` is then a collective: call it on every rank
-for every batch.
+:meth:`update` only records this rank's slice. When a round is chosen, the slices' loss sums
+and counts of the whole round are all-reduced in one round of collectives (two small
+all-reduces, whatever the round's length), so every rank scores each whole batch and all ranks
+keep identical tables and schedules. Call ``update`` on every rank for every batch, in the order
+the batches were yielded; round choice, :meth:`batch_losses` and :meth:`state_dict` are then
+collectives.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from winnow.samplers._dist import all_gather_feedback, resolve_rank_world, shard
+from winnow.samplers._dist import reduce_batch_means, resolve_rank_world, shard
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
 
@@ -100,7 +103,8 @@ class HardBatchSampler(Sampler[list[int]]):
         self._perm = np.random.default_rng(self.seed).permutation(self.num_examples).astype(dtype)
         self._losses = np.full(self.num_batches, np.nan)
         self._loss_step = np.full(self.num_batches, -1, dtype=np.int64)
-        self._unflushed: list[tuple[int, int, torch.Tensor]] = []
+        # (batch, step, sum of this rank's slice losses on their device, slice size)
+        self._unflushed: list[tuple[int, int, torch.Tensor, int]] = []
         self._round = np.arange(self.num_batches, dtype=np.int64)  # warm-up: every batch
         self._round_pos = 0
         self._rounds_started = 1
@@ -207,8 +211,9 @@ class HardBatchSampler(Sampler[list[int]]):
 
         ``ids_or_batch``: the ``example_id`` s of this rank's slice (as the loader yielded them,
         keep them on the CPU), or the fixed batch index. ``losses``: float ``[b / world]``
-        per-example losses from the forward before the step, any device. In DDP this is a
-        collective (every rank calls it for every batch).
+        per-example losses from the forward before the step, any device. Nothing is gathered
+        or copied here: the step never waits for the device or the other ranks. In DDP every
+        rank calls it for every batch; the ranks' slices are combined once per round.
         """
         if not isinstance(losses, torch.Tensor):
             raise TypeError(f"losses must be a torch.Tensor, got {type(losses).__name__}")
@@ -225,9 +230,9 @@ class HardBatchSampler(Sampler[list[int]]):
             raise ValueError(f"got {losses.shape[0]} losses for a slice of {local.shape[0]} ids")
         if losses.device.type == "cpu" and not bool(torch.isfinite(losses).all()):
             raise ValueError(f"losses of batch {batch} (step {step}) contain NaN/inf")
-        _, losses_all = all_gather_feedback(torch.from_numpy(local), losses.detach())
+        detached = losses.detach()
         del self._pending[slot]
-        self._unflushed.append((batch, step, losses_all.float().mean()))
+        self._unflushed.append((batch, step, detached.float().sum(), detached.shape[0]))
 
     def _match(self, key) -> int:
         if not self._pending:
@@ -252,16 +257,23 @@ class HardBatchSampler(Sampler[list[int]]):
         )
 
     def _flush(self) -> None:
+        """Settle the losses fed back since the last round: one host copy and, under DDP, one
+        round of collectives (``reduce_batch_means``) for the whole round, not per step."""
         if not self._unflushed:
             return
-        device = self._unflushed[0][2].device
-        # One device-to-host copy per round, not one per step.
-        values = torch.stack([v.to(device) for _, _, v in self._unflushed]).cpu().double().numpy()
+        device = self._unflushed[-1][2].device
+        sums = torch.stack([total.to(device, torch.float64) for _, _, total, _ in self._unflushed])
+        meta = torch.tensor(
+            [[count, batch, step] for batch, step, _, count in self._unflushed],
+            dtype=torch.float64,
+        )
+        entries = torch.cat([sums[:, None], meta.to(device)], dim=1)
+        values = reduce_batch_means(entries).numpy()
         bad = ~np.isfinite(values)
         if bad.any():  # device losses are checked here, once per round, not with a sync per step
-            where = [(b, t) for (b, t, _), x in zip(self._unflushed, bad, strict=True) if x]
+            where = [(b, t) for (b, t, _, _), x in zip(self._unflushed, bad, strict=True) if x]
             raise ValueError(f"NaN/inf losses were fed back for (batch, step) {where[:10]}")
-        for (batch, step, _), value in zip(self._unflushed, values, strict=True):
+        for (batch, step, _, _), value in zip(self._unflushed, values, strict=True):
             if step >= self._loss_step[batch]:
                 self._losses[batch] = value
                 self._loss_step[batch] = step

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from winnow.samplers._dist import all_gather_feedback, is_distributed
+from winnow.samplers._dist import gather_feedback_to_host
 from winnow.selection._state import check_state, make_state
 
 __all__ = ["ScoreTable"]
@@ -152,18 +152,16 @@ class ScoreTable:
             self._compacted = c + 1
 
     def _gather_local(self) -> None:
-        """Move this rank's pending feedback to the host, gathered from all ranks (collective)."""
+        """Move this rank's pending feedback to the host, gathered from all ranks (collective,
+        in bounded chunks)."""
         if self._local_ids:
             ids = torch.cat([i.to(torch.int64).cpu() for i in self._local_ids])
             losses = _cat_on_last_device(self._local_losses).to(torch.float32)
         else:
             ids = torch.zeros(0, dtype=torch.int64)
             losses = torch.zeros(0, dtype=torch.float32)
-        if is_distributed():
-            ids, losses = all_gather_feedback(ids, losses)
+        self._gathered.extend(gather_feedback_to_host(ids, losses))
         self._local_ids, self._local_losses, self._compacted = [], [], 0
-        if ids.numel():
-            self._gathered.append((ids.cpu().numpy(), losses.cpu().numpy()))
 
     def flush(self) -> int:
         """Settle all pending feedback into the table; returns the number of entries applied.

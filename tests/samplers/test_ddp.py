@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
-from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler
+from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler, _dist
 
 N, EPOCHS, BATCH = 3001, 4, 64  # odd N: DistributedSampler padding is exercised
 
@@ -47,8 +47,20 @@ def drive(kind: str, **dist_args):
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    # Settling gathers in chunks of at most 500 entries per rank here (4M by default): the
+    # results must not depend on the chunking, and no gather buffer may exceed a chunk.
+    _dist.GATHER_CHUNK = 500
+    largest = []
+    real_all_gather = dist.all_gather
+
+    def all_gather(outputs, tensor, *args, **kwargs):
+        largest.append(tensor.numel())
+        return real_all_gather(outputs, tensor, *args, **kwargs)
+
+    dist.all_gather = all_gather
     try:
         records = {kind: drive(kind) for kind in ("infobatch", "rs2", "pruned")}
+        records["largest_gather"] = max(largest)
         torch.save(records, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -78,3 +90,4 @@ def test_two_gloo_ranks_share_plans_and_scores(tmp_path):
         np.testing.assert_array_equal(a["pending"], b["pending"])
         assert len(a["pending"]) == 2 * 3 * BATCH  # both ranks' 3 batches, gathered
     assert len({len(p) for p in r0["infobatch"]["plans"]}) > 1  # pruned epochs really shrank
+    assert r0["largest_gather"] == r1["largest_gather"] == 500  # bounded, and chunks were used

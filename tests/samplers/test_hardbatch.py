@@ -190,13 +190,26 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
     )
+    calls = []
+    for name in ("all_reduce", "all_gather", "broadcast", "all_gather_into_tensor"):
+        real = getattr(torch.distributed, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(torch.distributed, name, counted)
     try:
         s = HardBatchSampler(96, 8, delta=0.5, num_epochs=3, seed=7)
         losses = Losses(96)
         got, _ = drive(s, losses, 3)
         scores, step = s.batch_losses()
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump({"got": got, "scores": scores.tolist(), "step": step.tolist()}, fh)
+            json.dump(
+                {"got": got, "scores": scores.tolist(), "step": step.tolist(), "calls": calls,
+                 "rounds": s.rounds_started},
+                fh,
+            )  # fmt: skip
     finally:
         torch.distributed.destroy_process_group()
 
@@ -215,3 +228,8 @@ def test_two_process_gloo_run_keeps_one_global_schedule(tmp_path):
         assert len(a) == len(c) == 4 and not set(a) & set(c)
         assert sorted(a + c) == sorted(full)  # each rank's slice of the same global batch
     np.testing.assert_allclose(r0["scores"], single.batch_losses()[0])
+    # one round of collectives (two small all-reduces) per round chosen, none per step: the
+    # 36 steps (12 warm-up + 4 rounds of 6) cost at most 2 x 6 collectives instead of 3 x 36
+    assert r0["rounds"] == 5
+    assert r0["calls"] == ["all_reduce"] * len(r0["calls"])
+    assert len(r0["calls"]) <= 2 * (r0["rounds"] + 1)
