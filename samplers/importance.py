@@ -67,6 +67,11 @@ class ImportanceSelector(InStepSelector):
         self.momentum = float(momentum)
         self.tau_th = None if tau_th is None else float(tau_th)
         self._tau: torch.Tensor | None = None  # EMA, on the scores' device
+        self._super_batch: int | None = None  # B of the last super-batch seen
+        # The gate as the host sees it: the EMA copied to pinned memory after each update
+        # (no wait), read at the next step's decision, so a GPU loop never syncs per step.
+        self._tau_host: torch.Tensor | None = None
+        self._tau_ready: torch.cuda.Event | None = None
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "momentum": self.momentum, "tau_th": self.tau_th}
@@ -76,14 +81,76 @@ class ImportanceSelector(InStepSelector):
         """The smoothed variance-reduction estimate (1.0 before the first step; a host sync)."""
         return 1.0 if self._tau is None else float(self._tau)
 
-    def choose(
-        self, scores: torch.Tensor, k: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        big = scores.shape[0]
+    def _threshold(self, super_batch: int | None) -> float | None:
+        if self.tau_th is not None:
+            return self.tau_th
+        if self.batch_size is None:
+            # (B + 3b) / (3b) with b = keep * B does not depend on B
+            return (1.0 + 3.0 * self.keep) / (3.0 * self.keep)
+        if super_batch is None:
+            return None
+        return tau_threshold(super_batch, self.selected_size(super_batch))
+
+    def _update_tau(self, scores: torch.Tensor) -> None:
         tau_now = variance_reduction(scores)
         if self._tau is None:
             self._tau = torch.ones((), dtype=torch.float32, device=scores.device)
         self._tau = self.momentum * self._tau.to(scores.device) + (1.0 - self.momentum) * tau_now
+        if self._tau.device.type == "cuda":
+            if self._tau_host is None:
+                self._tau_host = torch.empty((), dtype=torch.float32, pin_memory=True)
+                self._tau_ready = torch.cuda.Event()
+            self._tau_host.copy_(self._tau, non_blocking=True)
+            self._tau_ready.record()
+        else:
+            self._tau_host, self._tau_ready = self._tau, None
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the gate is open for the next step: score the super-batch and :meth:`select`
+        when True, else train on :meth:`uniform` rows and :meth:`observe` their scores.
+
+        A host value: on an accelerator it is the EMA as of the previous update, copied to
+        pinned memory without waiting (one step late, never a sync on the step in flight).
+        """
+        threshold = self._threshold(self._super_batch)
+        if threshold is None:
+            return False
+        if self._tau_host is None:
+            return 1.0 > threshold
+        if self._tau_ready is not None:
+            self._tau_ready.synchronize()  # recorded a step ago: long done
+        return float(self._tau_host) > threshold
+
+    def uniform(
+        self, super_batch: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The closed gate's choice without scores: ``b`` rows of a super-batch of
+        ``super_batch`` rows, uniformly without replacement, weights 1 (on ``device``)."""
+        if isinstance(super_batch, bool) or not isinstance(super_batch, int) or super_batch < 1:
+            raise ValueError(f"super_batch must be a positive int, got {super_batch!r}")
+        k = self.selected_size(super_batch)
+        self._super_batch = super_batch
+        gen = self.generator(device)
+        rows = torch.randperm(super_batch, generator=gen, device=gen.device)[:k]
+        self.steps += 1
+        return rows, torch.ones(k, dtype=torch.float32, device=gen.device)
+
+    def observe(self, scores: torch.Tensor) -> None:
+        """Update ``tau`` from the importance scores ``[b]`` of the rows just trained on
+        (the training forward's, e.g. ``last_layer_bound(logits.detach(), y)``), as upstream
+        does while the gate is closed. No host sync."""
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] == 0:
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+            raise ValueError(f"observe() takes per-row scores [b] of the trained rows, got {shape}")
+        self._update_tau(scores.detach().float())
+
+    def choose(
+        self, scores: torch.Tensor, k: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        big = scores.shape[0]
+        self._super_batch = big
+        self._update_tau(scores)
         threshold = self.tau_th if self.tau_th is not None else tau_threshold(big, k)
         is_rows, is_weights = sample_with_replacement(scores, k, generator=generator)
         uni_rows = torch.randperm(big, generator=generator, device=scores.device)[:k]
