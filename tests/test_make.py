@@ -77,8 +77,15 @@ def test_make_test_rebuilds_the_venv_when_the_pins_change(tmp_path, changed):
     for name in ("pyproject.toml", "constraints.txt"):
         when = now + 60 if name == changed else now - 60
         os.utime(tmp_path / name, (when, when))
+    # Under `make test` itself, MAKEFLAGS and MAKELEVEL would make this make chatty.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     plan = subprocess.run(
-        ["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, check=True
+        ["make", "-n", "--no-print-directory", "test"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     assert plan[0] == ".ci/setup-chromium"
     assert plan[-1].endswith("python -m pytest")
