@@ -1,18 +1,14 @@
 """``winnow report`` and ``winnow bench`` subcommands.
 
 ``report`` renders the store's runs into one HTML page (see ``pipelines.report``).
-``bench`` runs the time-to-accuracy benchmark, ``benchmarks/outcomes.py``. That directory is
-not part of the wheel, so ``bench`` works from a source checkout (editable install, run from the
-repository root) and says so clearly otherwise. Its arguments are handed to the benchmark's own
-parser unchanged, so ``winnow bench --help`` shows the benchmark's options.
+``bench`` runs the time-to-accuracy benchmark (``winnow.pipelines.bench``). Its arguments are
+handed to the benchmark's own parser unchanged, so ``winnow bench --help`` shows the benchmark's
+options.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 __all__ = ["register"]
 
@@ -25,36 +21,10 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_outcomes():
-    """``benchmarks.outcomes``, from the import path or a checkout in the working directory.
-
-    The console script's ``sys.path`` does not hold the working directory, so a source checkout
-    is found by looking for ``./benchmarks/outcomes.py``. Returns None when neither works.
-    """
-    for attempt in range(2):
-        try:
-            return importlib.import_module("benchmarks.outcomes")
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("benchmarks", "benchmarks.outcomes"):
-                raise
-        root = Path.cwd()
-        if attempt or not (root / "benchmarks" / "outcomes.py").is_file():
-            return None
-        sys.path.insert(0, str(root))
-    return None
-
-
 def _run_bench(args: argparse.Namespace) -> int:
-    outcomes = _import_outcomes()
-    if outcomes is None:
-        print(
-            "winnow bench: error: the benchmarks package is not importable. It ships with the "
-            "source repository, not the wheel: clone winnow, `pip install -e .[demo]`, and run "
-            "`winnow bench` (or `python -m benchmarks.outcomes`) from the repository root.",
-            file=sys.stderr,
-        )
-        return 2
-    return int(outcomes.main(args.bench_args) or 0)
+    from winnow.pipelines.bench import main
+
+    return int(main(args.bench_args) or 0)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -2,8 +2,8 @@
 
 The page's own script sets ``data-images="ok"`` on ``<body>`` only when every ``<img>`` has
 ``naturalWidth > 0``; Chromium's ``--dump-dom`` shows the DOM after scripts ran. A page with one
-corrupted image must come back ``broken``, which proves the check can fail. CI installs Chromium
-in ``.ci/run`` (Debian package ``chromium``).
+corrupted image must come back ``broken``, which proves the check can fail. ``make test``
+installs Chromium first (``.ci/setup-chromium``, Debian package ``chromium``).
 """
 
 import re
@@ -32,7 +32,7 @@ _FLAGS = (
 def _chromium(tmp_path, *args: str) -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("Chromium is required for the report browser test: apt-get install chromium")
+        pytest.fail("the report browser test needs Chromium: sudo apt-get install -y chromium")
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     done = subprocess.run(
         [exe, *_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],

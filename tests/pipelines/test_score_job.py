@@ -25,7 +25,7 @@ def _expected_loss(x, y, seed=0):
 
 def test_import_pipelines_imports_neither_ray_nor_torch():
     code = (
-        "import sys, pipelines, pipelines.cli; pipelines.cli.build_parser(); "
+        "import sys, winnow.pipelines.cli; winnow.pipelines.cli.build_parser(); "
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

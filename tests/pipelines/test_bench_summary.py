@@ -1,8 +1,7 @@
 """The benchmark's summary arithmetic on hand-made histories (no training)."""
 
 import pytest
-
-from benchmarks._outcomes_summary import markdown_table, summarise
+from winnow.pipelines.bench._summary import markdown_table, summarise
 
 
 def _result(accs, *, step_bwd=100, cpu_per_point=1.0, setup_bwd=0, final=None):

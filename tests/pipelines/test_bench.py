@@ -5,14 +5,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-from benchmarks import outcomes
-from benchmarks._outcomes_methods import method_names
-
-REPO = Path(__file__).resolve().parents[2]
+from winnow.pipelines import cli
+from winnow.pipelines.bench import outcomes
+from winnow.pipelines.bench._methods import method_names
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +60,31 @@ def test_markdown_and_plots(quick_run):
         assert sum(r.startswith(f"| {name} |") for r in rows) == 2  # one row per model
 
 
-def test_cli_reports_bad_arguments_and_missing_package(tmp_path):
+def test_bad_arguments_exit_2(tmp_path):
     with pytest.raises(SystemExit) as exc:
         outcomes.main(["--methods", "full,nonsense", "--out", str(tmp_path)])
     assert exc.value.code == 2
-    # from a directory without the source checkout, `winnow bench` explains what to do
+
+
+def test_module_runs_from_any_directory_into_cwd(quick_run, tmp_path):
+    """No source checkout needed; the default output is ./winnow-bench."""
+    saved = quick_run / "outcomes_smoke.json"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from winnow.pipelines.cli import main; sys.exit(main())",
-            "bench",
-            "--quick",
-        ],
+        [sys.executable, "-m", "winnow.pipelines.bench", "--from-json", str(saved)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=120,
     )
-    assert done.returncode == 2
-    assert "benchmarks package is not importable" in done.stderr
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "winnow-bench" / "outcomes.json").read_text())
+    assert doc["config"]["num_train"] == 800 and set(doc["models"]) == {"cnn", "mlp"}
+    assert (tmp_path / "winnow-bench" / "outcomes_mlp.png").is_file()
+
+
+def test_winnow_bench_hands_its_arguments_to_the_benchmark(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: winnow bench" in out and "./winnow-bench" in out

@@ -1,6 +1,6 @@
 """Time-to-accuracy of every selection method on one task, side by side.
 
-    python -m benchmarks.outcomes [--quick] [--out DIR] [...]     (or: winnow bench ...)
+    winnow bench [--quick] [--out DIR] [...]     (or: python -m winnow.pipelines.bench ...)
 
 Task: MNIST-1D generated locally (``--num-train`` training rows, 80/20 with the test split),
 a small CNN and an MLP, one recipe for all methods (AdamW, cosine decay, fixed epochs, batch
@@ -11,7 +11,9 @@ target (target = ``--target-frac`` of full data's final accuracy) includes every
 overhead: EL2N scoring runs, the irreducible-loss / reference models, scoring forwards.
 
 Writes ``outcomes[_quick].json`` and ``.md`` and ``outcomes[_quick]_<model>.png`` under
-``--out`` (default ``benchmarks/results``) and prints the Markdown table.
+``--out`` (default ``./winnow-bench`` in the working directory; the repository's published
+results use ``--out benchmarks/results``) and prints the Markdown table. Generated MNIST-1D
+arrays are cached under ``~/.cache/winnow`` (``--cache-dir``).
 """
 
 from __future__ import annotations
@@ -29,20 +31,23 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-_RESULTS = Path(__file__).resolve().parent / "results"
+# Relative, so it lands in the user's working directory (never inside site-packages).
+_OUT = Path("winnow-bench")
 _DEFAULTS = {"num_train": 40_000, "epochs": 20, "seeds": 3, "models": "cnn,mlp"}
 _QUICK = {"num_train": 4_000, "epochs": 30, "seeds": 1, "models": "cnn,mlp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks._outcomes_methods import method_names
+    from winnow.pipelines.bench._methods import method_names
 
     p = argparse.ArgumentParser(
         prog="winnow bench",
         description="Time-to-accuracy benchmark of every selection method on MNIST-1D.",
     )
     p.add_argument("--quick", action="store_true", help="a ~2 minute smoke-test configuration")
-    p.add_argument("--out", type=Path, default=_RESULTS, help="output directory")
+    p.add_argument(
+        "--out", type=Path, default=_OUT, help="output directory (default: ./winnow-bench)"
+    )
     p.add_argument("--num-train", type=int, help="training rows (default 40000; quick 4000)")
     p.add_argument("--epochs", type=int, help="epochs of the shared recipe (default 20; quick 30)")
     p.add_argument("--seeds", type=int, help="seeds per method (default 3; quick 1)")
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    from benchmarks._outcomes_methods import method_names
+    from winnow.pipelines.bench._methods import method_names
 
     for key, value in (_QUICK if args.quick else _DEFAULTS).items():
         if getattr(args, key) is None:
@@ -128,10 +133,9 @@ def _write_atomic(path: Path, text: str) -> None:
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Train every (model, method, seed); return the JSON-ready document."""
     import torch
-
-    from benchmarks._outcomes_engine import MethodRun, Recipe, make_task
-    from benchmarks._outcomes_methods import METHODS, MethodConfig, SharedSetups
-    from benchmarks._outcomes_summary import summarise
+    from winnow.pipelines.bench._engine import MethodRun, Recipe, make_task
+    from winnow.pipelines.bench._methods import METHODS, MethodConfig, SharedSetups
+    from winnow.pipelines.bench._summary import summarise
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
@@ -163,7 +167,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     }
     keep = None
     if args.store:
-        from benchmarks._outcomes_store import BenchStore
+        from winnow.pipelines.bench._store import BenchStore
 
         keep = BenchStore(args.store, doc["config"])
     started = time.perf_counter()
@@ -214,7 +218,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def resummarise(doc: dict, target_frac: float) -> dict:
     """Recompute every model's summary of a saved document at ``target_frac``."""
-    from benchmarks._outcomes_summary import summarise
+    from winnow.pipelines.bench._summary import summarise
 
     doc["config"]["target_frac"] = target_frac
     for entry in doc["models"].values():
@@ -224,8 +228,8 @@ def resummarise(doc: dict, target_frac: float) -> dict:
 
 def write_outputs(doc: dict, out: Path, tag: str) -> dict[str, Path]:
     """JSON, Markdown and one PNG per model; returns their paths."""
-    from benchmarks._outcomes_methods import METHODS
-    from benchmarks._outcomes_summary import markdown_table, plot_curves
+    from winnow.pipelines.bench._methods import METHODS
+    from winnow.pipelines.bench._summary import markdown_table, plot_curves
 
     stem = "outcomes" + (f"_{tag}" if tag else "")
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}

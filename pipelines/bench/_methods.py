@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
-
-from benchmarks._outcomes_engine import Cost, MethodRun
+from winnow.pipelines.bench._engine import Cost, MethodRun
 
 __all__ = ["MethodConfig", "SharedSetups", "METHODS", "method_names"]
 
