@@ -187,18 +187,24 @@ class MethodRun:
         weights: torch.Tensor | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         learner: Learner | None = None,
+        on_logits: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """One optimiser step on ``ids`` (int64 [b]); returns the detached per-example losses.
 
         The batch loss is ``mean(weights * losses)`` (weights default to 1), or ``reduce(losses)``
-        when a sampler owns the reduction. ``progress`` in [0, 1] sets the learning rate. Steps of
+        when a sampler owns the reduction; ``on_logits`` sees the training forward's detached
+        logits (e.g. to score the rows just trained on). ``progress`` in [0, 1] sets the
+        learning rate. Steps of
         a helper ``learner`` (scoring or reference models) count as cost but trigger no evaluation.
         """
         learn = learner or self.learner
         for group in learn.opt.param_groups:
             group["lr"] = self.recipe.lr_at(progress)
         idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-        losses = F.cross_entropy(learn.model(self.task.x[idx]), self.task.y[idx], reduction="none")
+        logits = learn.model(self.task.x[idx])
+        if on_logits is not None:
+            on_logits(logits.detach())
+        losses = F.cross_entropy(logits, self.task.y[idx], reduction="none")
         if reduce is not None:
             loss = reduce(losses)
         elif weights is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
+
 from winnow.pipelines.bench._engine import Cost, MethodRun
 
 __all__ = ["MethodConfig", "SharedSetups", "METHODS", "method_names"]
@@ -264,14 +265,30 @@ def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     from winnow.samplers.importance import ImportanceSelector
+    from winnow.selection import last_layer_bound
 
     selector = ImportanceSelector(batch_size=run.recipe.batch_size, seed=run.seed)
     y = run.task.y
-
-    def choose(ids):
-        return selector.select_logits(ids, run.logits(ids), y[torch.from_numpy(ids)])
-
-    _train_selected(run, cfg.is_presample * run.recipe.batch_size, choose)
+    total = _full_steps(run)
+    rng = np.random.default_rng(run.seed + 1)
+    super_batch = cfg.is_presample * run.recipe.batch_size
+    run.begin_training()
+    # Upstream's loop: the super-batch is scored (a counted forward) only while the gate is
+    # open; while closed, a uniform batch trains and tau is estimated from its own logits.
+    for step, ids in enumerate(_super_batches(run.task.num_examples, super_batch, total, rng)):
+        if selector.sampling:
+            rows, w = selector.select_logits(ids, run.logits(ids), y[torch.from_numpy(ids)])
+            run.step(ids[rows.numpy()], step / total, weights=w)
+            continue
+        rows, w = selector.uniform(len(ids))
+        chosen = ids[rows.numpy()]
+        targets = y[torch.from_numpy(chosen)]
+        run.step(
+            chosen,
+            step / total,
+            weights=w,
+            on_logits=lambda z, t=targets: selector.observe(last_layer_bound(z, t)),
+        )
 
 
 def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn import functional as F
+
 from winnow.pipelines.bench._engine import MethodRun
 
 __all__ = ["BenchStore"]

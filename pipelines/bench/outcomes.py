@@ -133,6 +133,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Train every (model, method, seed); return the JSON-ready document."""
     import torch
+
     from winnow.pipelines.bench._engine import MethodRun, Recipe, make_task
     from winnow.pipelines.bench._methods import METHODS, MethodConfig, SharedSetups
     from winnow.pipelines.bench._summary import summarise
