@@ -6,7 +6,7 @@ progresses, exactly as its page in docs/ says:
 
 - epoch methods keep the recipe's epochs over whatever each epoch plans (InfoBatch's LR follows
   epoch progress; static subsets keep the epochs over the smaller set; RS2 runs ``epochs``
-  rounds of ``ratio * N`` with the cosine compressed into its reduced step total);
+  rounds of ``keep * N`` with the cosine compressed into its reduced step total);
 - in-step selectors (RHO-LOSS, JEST, importance sampling) and hard-batch keep the full-data step
   count; the selectors pay their scoring forwards on super-batches.
 
@@ -35,7 +35,7 @@ __all__ = ["MethodConfig", "SharedSetups", "METHODS", "method_names"]
 class MethodConfig:
     """Method hyper-parameters (defaults from the methods' pages in docs/ unless noted)."""
 
-    ratio: float = 0.3  # RS2 / static random / EL2N kept fraction
+    keep: float = 0.3  # RS2 / static random / EL2N: the share of the data trained on
     infobatch_prune: float = 0.5
     infobatch_delta: float = 0.875
     el2n_runs: int = 3  # Data Diet averages >= 10 runs; 3 keeps the benchmark short
@@ -121,7 +121,7 @@ def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> No
 
     # alpha = 1: the whole budget drawn uniformly, i.e. a static random subset
     sampler = PrunedSampler(
-        np.zeros(run.task.num_examples, dtype=np.float32), cfg.ratio, alpha=1.0, seed=run.seed
+        np.zeros(run.task.num_examples, dtype=np.float32), cfg.keep, alpha=1.0, seed=run.seed
     )
     run.begin_training()
     _train_static(run, sampler)
@@ -153,11 +153,11 @@ def infobatch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
 
 def rs2(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
-    """RS2 without replacement: ``epochs`` rounds of ``ratio * N``; the cosine is compressed into
+    """RS2 without replacement: ``epochs`` rounds of ``keep * N``; the cosine is compressed into
     the reduced step total (``progress = step / total_steps``), not truncated."""
     from winnow.samplers.rs2 import RS2Sampler
 
-    sampler = RS2Sampler(run.task.num_examples, cfg.ratio, replacement=False, seed=run.seed)
+    sampler = RS2Sampler(run.task.num_examples, cfg.keep, replacement=False, seed=run.seed)
     b, rounds = run.recipe.batch_size, run.recipe.epochs
     total = sampler.total_steps(b, rounds, drop_last=True)
     run.begin_training()
@@ -189,7 +189,7 @@ def _el2n_pruned(run: MethodRun, cfg: MethodConfig, shared: SharedSetups, alpha:
     from winnow.samplers.pruned import PrunedSampler
 
     scores = shared.get(("el2n",), run, lambda r: _el2n_scores(r, cfg))
-    sampler = PrunedSampler(scores, cfg.ratio, largest=True, alpha=alpha, seed=run.seed)
+    sampler = PrunedSampler(scores, cfg.keep, largest=True, alpha=alpha, seed=run.seed)
     run.begin_training()
     _train_static(run, sampler)
 
@@ -315,9 +315,9 @@ def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 METHODS: dict[str, tuple[Callable[[MethodRun, MethodConfig, SharedSetups], None], str]] = {
     "full": (full_data, "full data, every epoch (baseline)"),
     "infobatch": (infobatch, "InfoBatch r = 0.5, delta = 0.875, rescaled losses"),
-    "rs2": (rs2, "RS2 without replacement at `ratio`, cosine compressed to its steps"),
-    "static_random": (static_random, "static random subset at `ratio`, same epochs"),
-    "el2n": (el2n, "static EL2N pruning, keep the hardest `ratio`"),
+    "rs2": (rs2, "RS2 without replacement at `keep`, cosine compressed to its steps"),
+    "static_random": (static_random, "static random subset at `keep`, same epochs"),
+    "el2n": (el2n, "static EL2N pruning, keep the hardest `keep` share"),
     "el2n_mix": (el2n_mix, "static EL2N with random-mix calibration (alpha)"),
     "hard_batch": (hard_batch, "DyBAT hard batches, top-delta of a fixed partition"),
     "rho_loss": (rho_loss, "RHO-LOSS top-10 % of a 10x super-batch, twin IL models"),

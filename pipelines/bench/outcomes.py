@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {', '.join(method_names())}",
     )
     p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise fraction")
-    p.add_argument("--ratio", type=float, default=0.3, help="RS2 / static subsets kept fraction")
+    p.add_argument(
+        "--keep", type=float, default=0.3, help="RS2 / static subsets: the share of data kept"
+    )
     p.add_argument(
         "--il-epochs",
         type=int,
@@ -140,7 +142,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    overrides = {"ratio": args.ratio, "el2n_runs": args.el2n_runs}
+    overrides = {"keep": args.keep, "el2n_runs": args.el2n_runs}
     if args.il_epochs is not None:
         overrides["il_epochs"] = args.il_epochs
     cfg = MethodConfig.for_recipe(args.epochs, **overrides)

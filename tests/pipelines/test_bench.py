@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from winnow.pipelines import cli
 from winnow.pipelines.bench import outcomes
 from winnow.pipelines.bench._methods import method_names

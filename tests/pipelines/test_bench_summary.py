@@ -1,6 +1,7 @@
 """The benchmark's summary arithmetic on hand-made histories (no training)."""
 
 import pytest
+
 from winnow.pipelines.bench._summary import markdown_table, summarise
 
 
