@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from winnow.pipelines.cli import main
 from winnow.pipelines.embed import write_embedding_metrics
-from winnow.pipelines.scorer import BatchScorer, scalar_outputs, validate_metrics
+from winnow.pipelines.metric_registry import scalar_outputs, validate_metrics
+from winnow.pipelines.scorer import BatchScorer
 from winnow.store import ScoreStore
 
 from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
