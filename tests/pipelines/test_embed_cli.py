@@ -86,7 +86,7 @@ def test_score_command_reports_a_failing_model_with_exit_code_1(tmp_path, capsys
     assert store.completed_shards("r", "loss") == {0}  # inline stops at the first failure
     assert main([*argv, "--resume"]) == 1  # still broken: same clear error, nothing lost
     assert store.completed_shards("r", "loss") == {0}
-    assert main(["score", "--data", str(data), "--model", f"{FIX}:mlp", "--run", "x"]) == 2
+    assert main(["score", "--data", str(data), "--model", f"{FIX}:mlp", "--run", "x"]) == 1
     assert "needs feature columns" in capsys.readouterr().err
 
 
