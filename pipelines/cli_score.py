@@ -53,35 +53,41 @@ def _help(f: dataclasses.Field) -> str:
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Add every ``ScoreJob`` option that ``command`` offers, grouped as in its metadata.
+    """Add every ``ScoreJob`` option that ``command`` offers, in groups (``_GROUPS`` order).
 
     Omitted options are absent from the namespace (``argparse.SUPPRESS``), so the dataclass
     default applies: defaults live in one place.
     """
-    groups: dict[str, Any] = {}
+    by_group: dict[str, list[dataclasses.Field]] = {group: [] for group in _GROUPS}
     for f in dataclasses.fields(ScoreJob):
         cli = _cli(f)
-        if cli is None or command not in cli.commands:
+        if cli is not None and command in cli.commands:
+            if cli.group not in by_group:
+                raise ValueError(f"ScoreJob.{f.name}: unknown option group {cli.group!r}")
+            by_group[cli.group].append(f)
+    for group, members in by_group.items():
+        if not members:
             continue
-        if cli.group not in groups:
-            groups[cli.group] = parser.add_argument_group(cli.group)
-        kwargs: dict[str, Any] = {
-            "dest": f.name,
-            "help": _help(f),
-            "default": argparse.SUPPRESS,
-        }
-        if cli.action is not None:
-            kwargs["action"] = cli.action
-        else:
-            kwargs["metavar"] = cli.metavar
-            if cli.type is not None:
-                kwargs["type"] = cli.type
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-                kwargs["metavar"] = cli.metavar or "{" + ",".join(f.metadata["choices"]) + "}"
-        if cli.required:
-            kwargs["required"] = True
-        groups[cli.group].add_argument(cli.flag or "--" + f.name.replace("_", "-"), **kwargs)
+        arguments = parser.add_argument_group(group)
+        for f in members:
+            cli = _cli(f)
+            kwargs: dict[str, Any] = {
+                "dest": f.name,
+                "help": _help(f),
+                "default": argparse.SUPPRESS,
+            }
+            if cli.action is not None:
+                kwargs["action"] = cli.action
+            else:
+                kwargs["metavar"] = cli.metavar
+                if cli.type is not None:
+                    kwargs["type"] = cli.type
+                if f.metadata.get("choices"):
+                    kwargs["choices"] = f.metadata["choices"]
+                    kwargs["metavar"] = cli.metavar or "{" + ",".join(kwargs["choices"]) + "}"
+            if cli.required:
+                kwargs["required"] = True
+            arguments.add_argument(cli.flag or "--" + f.name.replace("_", "-"), **kwargs)
 
 
 def job_from_args(args: argparse.Namespace) -> ScoreJob:
@@ -168,7 +174,8 @@ def _cmd_job(args: argparse.Namespace) -> int:
     try:
         run_job(job)
     except ShardError as exc:
-        print(f"winnow {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, as every `winnow` error
+        print(f"winnow {args.command}: error: {message}", file=sys.stderr)
         print(
             "  committed shards are kept; fix the model or data and rerun with --resume",
             file=sys.stderr,

@@ -85,7 +85,7 @@ class MetricContext:
     reference: Any | None = None
     reference_loss_fn: Callable[[Any, Any], Any] | None = None
     embedding: Any | None = None
-    _loss: Any | None = field(default=None, repr=False)
+    _loss: Any | None = field(default=None, init=False, repr=False)
 
     def loss(self, outputs: Any, targets: Any) -> Any:
         """The learner's per-example loss ``[B]``, computed once per mini-batch and shared
@@ -140,11 +140,12 @@ class Metric:
         columns = self.outputs + self.vectors
         if len(set(columns)) != len(columns):
             raise ValueError(f"metric {self.name!r} names a column twice: {list(columns)}")
-        for flag in ("needs_labels", "needs_logits", "needs_reference", "needs_grad"):
+        flags = ("needs_labels", "needs_logits", "needs_reference", "needs_grad", "needs_embedding")
+        for flag in flags:
             if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"metric {self.name!r}: {flag} must be a bool")
-        if not isinstance(self.needs_embedding, bool):
-            raise TypeError(f"metric {self.name!r}: needs_embedding must be a bool")
+                raise TypeError(
+                    f"metric {self.name!r}: {flag} must be a bool, got {getattr(self, flag)!r}"
+                )
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -168,9 +169,11 @@ _BUILTIN: frozenset[str] = frozenset()
 
 
 def _same_definition(a: Callable, b: Callable) -> bool:
-    """True for two function objects of one definition (a module imported again)."""
-    key = ("__module__", "__qualname__")
-    return all(getattr(a, k, None) == getattr(b, k, object()) for k in key)
+    """True for two function objects of one module-level definition (a module imported again);
+    never for lambdas or nested functions, which share a qualified name with others."""
+    qualname = getattr(b, "__qualname__", "<")
+    same = all(getattr(a, k, None) == getattr(b, k, None) for k in ("__module__", "__qualname__"))
+    return same and "<" not in qualname
 
 
 def _add(metric: Metric, *, replace: bool, builtin: bool = False) -> Metric:

@@ -196,6 +196,17 @@ def test_replace_and_unregister_a_user_metric():
         get_metric("tmp_metric")
     with pytest.raises(ValueError, match="'entropy' is built in and cannot be removed"):
         unregister_metric("entropy")
+    # A module imported again registers the same definition again: allowed, same entry.
+    entry = get_metric("confidence")
+    register_metric("confidence", confidence, help=entry.help, needs_labels=False)
+    assert get_metric("confidence") == entry
+    # Two lambdas share a qualified name but are different definitions: refused.
+    register_metric("tmp_lambda", lambda o, t, c: o[:, 0], help="first")
+    try:
+        with pytest.raises(ValueError, match="'tmp_lambda' is already registered"):
+            register_metric("tmp_lambda", lambda o, t, c: o[:, 1], help="second")
+    finally:
+        unregister_metric("tmp_lambda")
 
 
 def test_user_metric_needing_labels_is_refused_on_unlabelled_data(tmp_path):
