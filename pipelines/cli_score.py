@@ -1,23 +1,32 @@
 """``winnow score``, ``winnow embed`` and ``winnow demo``.
 
-Only argparse happens at import time; Ray and torch are imported inside the commands.
+The options of ``score`` and ``embed`` are generated from the fields of ``ScoreJob``
+(``pipelines.jobspec``): its metadata holds each option's help, group and flag, and
+``job_from_args`` turns the parsed namespace back into the same ``ScoreJob`` that
+``pipelines.score`` builds. Only argparse and the job description happen at import time; Ray and
+torch are imported inside the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import os
+import shutil
 import sys
+import textwrap
+from typing import Any
 
-__all__ = ["register"]
+from winnow.pipelines.jobspec import Cli, ScoreJob
+from winnow.pipelines.metric_registry import registered_metrics
+
+__all__ = ["add_job_arguments", "job_from_args", "metrics_help", "register"]
 
 _STORE_HELP = "score store root (path or URI); default $WINNOW_STORE, else ./winnow-store"
-
-
-def _store(args: argparse.Namespace) -> str:
-    from winnow.pipelines.cli_store import default_store_root
-
-    return args.store or default_store_root()
+_GROUPS = ("data", "model", "metrics", "run", "execution", "embedding")
+# What a subcommand fixes instead of offering it as an option.
+_FIXED: dict[str, dict[str, Any]] = {"score": {}, "embed": {"metrics": ("embedding",)}}
 
 
 def _positive_int(text: str) -> int:
@@ -27,110 +36,146 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        msg = f"expected comma-separated numbers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+def _cli(f: dataclasses.Field) -> Cli | None:
+    return f.metadata.get("cli")
 
 
-def _add_job_arguments(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        required=True,
-        metavar="SOURCE",
-        help="a Parquet file/directory, or module:factory returning a map-style Dataset of "
-        "(x, y) items (ids are its indices)",
-    )
-    data.add_argument("--id-column", default="example_id", help="Parquet id column")
-    data.add_argument(
-        "--feature-columns",
-        metavar="COLS",
-        help="Parquet feature column(s): one list column, or several scalar columns a,b,c",
-    )
-    data.add_argument("--label-column", default="label", help="Parquet label column ('' for none)")
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        required=True,
-        metavar="MODULE:FACTORY",
-        help="returns nn.Module or (nn.Module, loss_fn)",
-    )
-    model.add_argument("--checkpoint", metavar="PATH", help="state_dict (loaded weights_only)")
-    model.add_argument("--embed-layer", metavar="NAME", help="layer whose output is the embedding")
-    run = p.add_argument_group("run")
-    run.add_argument("--store", metavar="ROOT", help=_STORE_HELP)
-    run.add_argument("--run", required=True, metavar="NAME", help="run name in the store")
-    run.add_argument("--resume", action="store_true", help="skip shards already committed")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    ray = p.add_argument_group("execution")
-    ray.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="join a Ray cluster: auto | ray://host:port (default: local Ray)",
-    )
-    ray.add_argument("--actors", type=_positive_int, help="scorer actors (default: from CPUs)")
-    ray.add_argument("--cpus-per-actor", type=float, help="CPUs each actor asks Ray for")
-    ray.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray")
-    ray.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size")
-    ray.add_argument("--shard-size", type=_positive_int, help="rows per committed shard")
-    ray.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per actor)")
-    ray.add_argument(
-        "--executor",
-        choices=("ray", "inline"),
-        default="ray",
-        help="inline: same scorer in this process, without Ray",
-    )
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    cli = _cli(f)
+    shown = f.default is not dataclasses.MISSING and f.default is not None and cli.action is None
+    if shown:
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        text += f" (default: {default})"
+    return text.replace("%", "%%")
 
 
-def _add_embedding_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clusters", type=_positive_int, help="k-means clusters (default ~sqrt(n))")
-    p.add_argument(
-        "--dedup-eps",
-        type=_floats,
-        default=[0.05],
-        help="SemDeDup thresholds, e.g. 0.01,0.05 (stored as dup_eps<eps>)",
-    )
+def add_job_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add every ``ScoreJob`` option that ``command`` offers, in groups (``_GROUPS`` order).
+
+    Omitted options are absent from the namespace (``argparse.SUPPRESS``), so the dataclass
+    default applies: defaults live in one place.
+    """
+    by_group: dict[str, list[dataclasses.Field]] = {group: [] for group in _GROUPS}
+    for f in dataclasses.fields(ScoreJob):
+        cli = _cli(f)
+        if cli is not None and command in cli.commands:
+            if cli.group not in by_group:
+                raise ValueError(f"ScoreJob.{f.name}: unknown option group {cli.group!r}")
+            by_group[cli.group].append(f)
+    for group, members in by_group.items():
+        if not members:
+            continue
+        arguments = parser.add_argument_group(group)
+        for f in members:
+            cli = _cli(f)
+            kwargs: dict[str, Any] = {
+                "dest": f.name,
+                "help": _help(f),
+                "default": argparse.SUPPRESS,
+            }
+            if cli.action is not None:
+                kwargs["action"] = cli.action
+            else:
+                kwargs["metavar"] = cli.metavar
+                if cli.type is not None:
+                    kwargs["type"] = cli.type
+                if f.metadata.get("choices"):
+                    kwargs["choices"] = f.metadata["choices"]
+                    kwargs["metavar"] = cli.metavar or "{" + ",".join(kwargs["choices"]) + "}"
+            if cli.required:
+                kwargs["required"] = True
+            arguments.add_argument(cli.flag or "--" + f.name.replace("_", "-"), **kwargs)
 
 
-def _job_kwargs(args: argparse.Namespace) -> dict:
-    return {
-        "store": _store(args),
-        "run": args.run,
-        "checkpoint": args.checkpoint,
-        "id_column": args.id_column,
-        "feature_columns": args.feature_columns,
-        "label_column": args.label_column or None,
-        "embed_layer": args.embed_layer,
-        "num_clusters": args.clusters,
-        "dedup_eps": args.dedup_eps,
-        "address": args.address,
-        "actors": args.actors,
-        "cpus_per_actor": args.cpus_per_actor,
-        "num_cpus": args.num_cpus,
-        "batch_size": args.batch_size,
-        "shard_size": args.shard_size,
-        "device": args.device,
-        "resume": args.resume,
-        "executor": args.executor,
-        "progress": not args.quiet,
-    }
+def job_from_args(args: argparse.Namespace) -> ScoreJob:
+    """The ``ScoreJob`` of a parsed ``winnow score``/``embed`` command line."""
+    given = vars(args)
+    options: dict[str, Any] = dict(_FIXED[args.command])
+    for f in dataclasses.fields(ScoreJob):
+        cli = _cli(f)
+        if cli is None or f.name in options:
+            continue
+        if f.name in given:
+            value = given[f.name]
+            options[f.name] = value if cli.to_field is None else cli.to_field(value)
+        elif cli.default is not None:
+            options[f.name] = cli.default()
+    return ScoreJob(**options)
 
 
-def _run_job(args: argparse.Namespace, **extra) -> int:
-    from winnow.pipelines.job import ShardError, score
+def metrics_help(width: int | None = None) -> str:
+    """The registered metrics, one paragraph each: name, help, what it needs and stores."""
+    if width is None:  # as argparse does: the terminal's width less a margin
+        width = min(100, max(60, shutil.get_terminal_size().columns - 2))
+    lines = ["metrics (--metrics NAME,NAME,...):"]
+    for metric in registered_metrics():
+        flags = (
+            ("labels", metric.needs_labels),
+            ("reference", metric.needs_reference),
+            ("backward", metric.needs_grad),
+            ("embedding", metric.needs_embedding),
+        )
+        needs = [word for word, flag in flags if flag]
+        notes = [f"needs: {', '.join(needs)}"] if needs else []
+        if metric.columns != (metric.name,):
+            stored = [*metric.outputs, *(f"{v} (vectors)" for v in metric.vectors)]
+            notes.append(f"stores: {', '.join(stored)}")
+        text = metric.help + (f" [{'; '.join(notes)}]" if notes else "")
+        lines.append(
+            textwrap.fill(
+                text, width, initial_indent=f"  {metric.name:<14}", subsequent_indent=" " * 16
+            )
+        )
+    return "\n".join(lines)
 
-    # `module:factory` names resolve against the working directory, as with `python -m` (the
-    # `winnow` script itself does not put it on sys.path); Ray workers get it from Ray.
+
+def _cwd_on_path() -> None:
+    # `module:factory` names and --import modules resolve against the working directory, as
+    # with `python -m` (the `winnow` script itself does not put it on sys.path); Ray workers
+    # get it from Ray.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
+
+def _import_module(name: str) -> None:
+    """Import module ``name`` (found in the working directory too)."""
+    _cwd_on_path()
     try:
-        score(args.data, args.model, **_job_kwargs(args), **extra)
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not name.startswith(exc.name):
+            raise  # the module exists but imports something missing: its own error
+        raise ValueError(f"--import {name!r}: no module named {exc.name!r}") from None
+
+
+class _ImportAction(argparse.Action):
+    """``--import MODULE``: import it while parsing, so that a later ``--help`` lists the
+    metrics it registers; a module that cannot be found is reported by the command (exit 1)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        try:
+            _import_module(values)
+        except ValueError:
+            return  # reported by _cmd_job
+        parser.epilog = metrics_help()
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    from winnow.pipelines.job import ShardError, run_job
+
+    _cwd_on_path()
+    for name in getattr(args, "imports", None) or ():
+        _import_module(name)
+    job = job_from_args(args)
+    try:
+        run_job(job)
     except ShardError as exc:
-        print(f"winnow {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, as every `winnow` error
+        print(f"winnow {args.command}: error: {message}", file=sys.stderr)
         print(
             "  committed shards are kept; fix the model or data and rerun with --resume",
             file=sys.stderr,
@@ -139,24 +184,24 @@ def _run_job(args: argparse.Namespace, **extra) -> int:
     return 0
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    return _run_job(
-        args,
-        metrics=args.metrics,
-        reference=args.reference,
-        reference_checkpoint=args.reference_checkpoint,
-    )
-
-
-def _cmd_embed(args: argparse.Namespace) -> int:
-    return _run_job(args, metrics=["embedding"])
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from winnow.pipelines.cli_store import default_store_root
     from winnow.pipelines.demo import run_demo
 
-    run_demo(store=_store(args), actors=args.actors, num_samples=args.num_samples)
+    run_demo(store=args.store or default_store_root(), actors=args.actors,
+             num_samples=args.num_samples)  # fmt: skip
     return 0
+
+
+def _add_import_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action=_ImportAction,
+        metavar="MODULE",
+        help="import MODULE first, e.g. one that registers metrics with "
+        "winnow.pipelines.register_metric (repeatable)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -164,19 +209,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "score",
         help="score every example with a model (Ray) into the store",
-        description="Score every example of a dataset with a model on Ray and commit the "
+        description="Score every example of a dataset with a model on Ray and commit the\n"
         "per-example metrics to the score store. Resumable (--resume), exactly-once.",
+        epilog=metrics_help(),
+        # keeps the metric table's layout (and the two-line description above)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_job_arguments(p)
-    p.add_argument(
-        "--metrics",
-        default="loss",
-        help="comma-separated: loss,el2n,grad_norm,learnability,entropy,margin,embedding",
-    )
-    p.add_argument("--reference", metavar="MODULE:FACTORY", help="reference model (learnability)")
-    p.add_argument("--reference-checkpoint", metavar="PATH", help="reference model state_dict")
-    _add_embedding_arguments(p)
-    p.set_defaults(func=_cmd_score)
+    add_job_arguments(p, "score")
+    _add_import_argument(p)
+    p.set_defaults(func=_cmd_job)
 
     p = subparsers.add_parser(
         "embed",
@@ -185,9 +226,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "spherical k-means cluster ids, cosine distance to the centroid (proto_dist) and SemDeDup "
         "duplicate flags as scores.",
     )
-    _add_job_arguments(p)
-    _add_embedding_arguments(p)
-    p.set_defaults(func=_cmd_embed)
+    add_job_arguments(p, "embed")
+    p.set_defaults(func=_cmd_job)
 
     p = subparsers.add_parser(
         "demo",

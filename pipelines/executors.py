@@ -1,8 +1,9 @@
 """Where a scoring job's shards run: in this process, or on a Ray Data actor pool.
 
-Both executors score the shards ``todo`` of a ``JobSpec`` with ``ShardScorer``, show a progress
-bar (rows/s and ETA) and record timings in ``timings``; both raise ``ShardError`` for the first
-shard whose user model or data fails. Ray is imported only inside ``run_ray``.
+Both executors score the shards ``todo`` of a ``ShardPlan`` with ``ShardScorer``, show a progress
+bar (rows/s and ETA) unless the job says ``progress=False``, record timings in ``timings`` and
+raise ``ShardError`` for the first shard whose user model or data fails. Ray is imported only
+inside ``run_ray``.
 
 ``run_ray`` uses the Ray already initialised in this process if there is one (and leaves it
 running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
@@ -19,7 +20,8 @@ import time
 import types
 from typing import Any
 
-from winnow.pipelines.scorer import JobSpec, ShardError, ShardScorer
+from winnow.pipelines.jobspec import ShardPlan
+from winnow.pipelines.scorer import ShardError, ShardScorer
 
 __all__ = ["run_inline", "run_ray"]
 
@@ -33,17 +35,15 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     )  # fmt: skip
 
 
-def run_inline(
-    spec: JobSpec, todo: list[int], todo_rows: int, progress: bool, timings: dict[str, float]
-) -> None:
+def run_inline(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float]) -> None:
     """Score ``todo`` one shard after another in this process (no Ray); stops at a failure."""
     t0 = time.perf_counter()
-    scorer = ShardScorer(spec, report_setup_errors=True)
+    scorer = ShardScorer(plan, report_setup_errors=True)
     if scorer.setup_error:
-        raise ShardError(spec.run, todo[0], None, scorer.setup_error)
+        raise ShardError(plan.job.run, todo[0], None, scorer.setup_error)
     timings["startup_s"] = time.perf_counter() - t0
     t0, cpu0 = time.perf_counter(), time.process_time()
-    with _progress_bar(todo_rows, progress) as bar:
+    with _progress_bar(todo_rows, plan.job.progress) as bar:
         for shard in todo:
             bar.update(scorer.score_shard(shard))
     timings["scoring_s"] = time.perf_counter() - t0
@@ -64,12 +64,8 @@ def _resources(
         actors = actors or int(total_gpus)
     if actors is None:
         actors = max(1, min(int(total_cpus), 8))
-    if isinstance(actors, bool) or not isinstance(actors, int) or actors <= 0:
-        raise ValueError(f"actors must be a positive int, got {actors!r}")
-    if cpus_per_actor is None:
+    if cpus_per_actor is None:  # (positive values are checked by ScoreJob)
         cpus_per_actor = max(0.25, min(4.0, (total_cpus - 1.0) / actors))
-    if cpus_per_actor <= 0:
-        raise ValueError(f"cpus_per_actor must be > 0, got {cpus_per_actor}")
     if cpus_per_actor * actors >= total_cpus:
         raise ValueError(
             f"{actors} actors x {cpus_per_actor} CPUs claim all {total_cpus:g} CPUs of the "
@@ -90,24 +86,18 @@ _SCORER_ENV = {
 }
 
 
-def run_ray(
-    spec: JobSpec,
-    todo: list[int],
-    todo_rows: int,
-    progress: bool,
-    timings: dict[str, float],
-    *,
-    address: str | None,
-    actors: int | None,
-    cpus_per_actor: float | None,
-    num_cpus: int | None,
-) -> None:
+def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float]) -> None:
     """Score ``todo`` on an actor pool: one ``ShardScorer`` per actor, one shard per call.
 
-    The driver only consumes one small report row per committed shard (progress, timings) and
-    raises ``ShardError`` for the first failed one; in-flight shards may still commit.
+    Ray is joined or started as the job's ``address`` and ``num_cpus`` say; the pool has the
+    job's ``actors`` x ``cpus_per_actor``. The driver only consumes one small report row per
+    committed shard (progress, timings) and raises ``ShardError`` for the first failed one;
+    in-flight shards may still commit.
     """
     import ray
+
+    job = plan.job
+    address, num_cpus = job.address, job.num_cpus
 
     own_ray = not ray.is_initialized()
     if own_ray:
@@ -134,13 +124,13 @@ def run_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        n_actors, cpus, gpus = _resources(ray, actors, cpus_per_actor, spec.device)
+        n_actors, cpus, gpus = _resources(ray, job.actors, job.cpus_per_actor, job.device)
         n_actors = min(n_actors, len(todo))
         shards = ray.data.from_items(
             [{"shard": k} for k in todo], override_num_blocks=len(todo)
         ).map_batches(
             ShardScorer,
-            fn_constructor_kwargs={"spec": spec, "report_setup_errors": True},
+            fn_constructor_kwargs={"plan": plan, "report_setup_errors": True},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -151,12 +141,12 @@ def run_ray(
         t0 = time.perf_counter()
         arrivals: list[tuple[float, int]] = []  # (seconds since start, cumulative rows)
         cpu_s = 0.0
-        with _progress_bar(todo_rows, progress) as bar:
+        with _progress_bar(todo_rows, job.progress) as bar:
             for report in shards.iter_rows():
                 if report["error"]:
                     error_id = int(report["error_id"])
                     raise ShardError(
-                        spec.run,
+                        job.run,
                         int(report["shard"]),
                         None if error_id < 0 else error_id,
                         str(report["error"]),

@@ -26,176 +26,115 @@ in this process without Ray (debugging, and the baseline of ``benchmarks/bench_s
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
 from winnow.pipelines.executors import run_inline, run_ray
-from winnow.pipelines.models import ModelSpec, describe_model
-from winnow.pipelines.scorer import EMBEDDING, JobSpec, ShardError, scalar_outputs, validate_metrics
-from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
+from winnow.pipelines.jobspec import RESUME_KEYS, ScoreJob, ShardPlan, default_shard_size
+from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
+from winnow.pipelines.models import describe_model
+from winnow.pipelines.scorer import ShardError
 
-__all__ = ["score", "default_shard_size", "ShardError"]
-
-_MIN_SHARD, _MAX_SHARD = 512, 100_000
-
-
-def default_shard_size(num_rows: int) -> int:
-    """About 32 shards for small data, at most 100k rows (a few seconds of work) per shard."""
-    return int(min(_MAX_SHARD, max(_MIN_SHARD, math.ceil(num_rows / 32))))
+__all__ = ["score", "run_job", "default_shard_size", "ShardError"]
 
 
-def score(
-    data: str | ParquetSource | DatasetSource,
-    model: str | ModelSpec,
-    *,
-    store: str | os.PathLike,
-    run: str,
-    metrics: Sequence[str] | str = ("loss",),
-    checkpoint: str | None = None,
-    reference: str | ModelSpec | None = None,
-    reference_checkpoint: str | None = None,
-    id_column: str = "example_id",
-    feature_columns: Sequence[str] | str | None = None,
-    label_column: str | None = "label",
-    data_kwargs: Mapping[str, Any] | None = None,
-    embed_layer: str | None = None,
-    num_clusters: int | None = None,
-    dedup_eps: Sequence[float] = (0.05,),
-    address: str | None = None,
-    actors: int | None = None,
-    cpus_per_actor: float | None = None,
-    num_cpus: int | None = None,
-    batch_size: int = 256,
-    shard_size: int | None = None,
-    device: str = "cpu",
-    resume: bool = False,
-    executor: str = "ray",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Score ``data`` with ``model`` and commit ``metrics`` as run ``run`` of the store.
+def score(data: Any, model: Any, **options: Any) -> dict[str, Any]:
+    """Score ``data`` with ``model`` and commit the metrics as a run of the store.
 
-    ``data``: a Parquet path (name its ``id_column``, ``feature_columns`` and ``label_column``)
-    or ``"module:factory"`` building a map-style Dataset of ``(x, y)`` items (ids = indices).
-    ``model``/``reference``: ``"module:factory"`` returning an ``nn.Module`` or
-    ``(module, loss_fn)``; checkpoints are state_dicts read with ``weights_only=True``.
+    ``data``: a Parquet path (name its ``feature_columns``; ``id_column`` and ``label_column``
+    default to ``example_id`` and ``label``) or ``"module:factory"`` building a map-style
+    Dataset of ``(x, y)`` items (ids = indices). ``model``/``reference``: ``"module:factory"``
+    returning an ``nn.Module`` or ``(module, loss_fn)``; checkpoints are state_dicts read with
+    ``weights_only=True``. ``store`` and ``run`` are required; every option is a field of
+    ``ScoreJob`` (``metrics=("loss",)``, ``batch_size=256``, ``resume=False``,
+    ``executor="ray"``, ...). Same as ``run_job(ScoreJob(data=data, model=model, **options))``.
+
     Returns the run manifest (``status == "complete"``, row counts per metric, timings).
-    Raises ``ShardError`` naming the shard and first failing id if the user's model fails;
-    shards committed before that stay committed and ``resume=True`` continues from them.
+    Raises ``ValueError``/``TypeError`` for a bad option before anything is written, and
+    ``ShardError`` naming the shard and first failing id if the user's model fails; shards
+    committed before that stay committed and ``resume=True`` continues from them.
     """
+    return run_job(ScoreJob(data=data, model=model, **options))
+
+
+def run_job(job: ScoreJob) -> dict[str, Any]:
+    """Run ``job``: plan the shards, score the missing ones, write the manifest (last)."""
     from winnow.store import ScoreStore
 
+    if not isinstance(job, ScoreJob):
+        raise TypeError(f"run_job expects a ScoreJob, got {type(job).__name__}")
     started = time.perf_counter()
-    _check_options(executor, device, batch_size, shard_size, num_clusters, dedup_eps)
-    source = make_source(
-        data,
-        id_column=id_column,
-        feature_columns=feature_columns,
-        label_column=label_column,
-        kwargs=data_kwargs,
-    )
-    model_spec = model if isinstance(model, ModelSpec) else ModelSpec(model, checkpoint)
-    ref_spec = reference
-    if isinstance(reference, str):
-        ref_spec = ModelSpec(reference, reference_checkpoint)
-    elif reference is None and reference_checkpoint is not None:
-        raise ValueError("reference_checkpoint given without a reference model factory")
-    plan = source.plan()
-    metrics = validate_metrics(
-        metrics, has_reference=ref_spec is not None, has_labels=plan.has_labels
-    )
-    store_root = os.fspath(store)
-    if "://" not in store_root:
-        # Actors may run in another working directory: keep local paths absolute.
-        store_root = os.path.abspath(store_root)
-    scores = ScoreStore(store_root)
-    config = {
-        "source": source.describe(),
-        "metrics": list(metrics),
-        "reference": describe_model(ref_spec),
-        "embed_layer": embed_layer,
-        "num_rows": plan.num_rows,
-        "batch_size": batch_size,
-        "device": device,
-    }
-    identity = describe_model(model_spec)
-    existing = _existing_manifest(scores, run)
-    if existing is not None and not resume:
+    data_plan = job.data.plan()
+    # Only now is it known whether the data has labels.
+    resolve_metrics(job.metrics, has_labels=data_plan.has_labels)
+    scores = ScoreStore(job.store)
+    identity = describe_model(job.model)
+    existing = _existing_manifest(scores, job.run)
+    if existing is not None and not job.resume:
         raise ValueError(
-            f"run {run!r} already exists in {store_root} (status {existing.get('status')!r}); "
-            "pass --resume to continue it, or choose another --run"
+            f"run {job.run!r} already exists in {job.store} (status "
+            f"{existing.get('status')!r}); pass --resume to continue it, or choose another --run"
         )
-    if existing is not None:
-        shard_size = _check_resumable(existing, config, identity, shard_size)
-    config["shard_size"] = shard_size = shard_size or default_shard_size(plan.num_rows)
-    spec = JobSpec(
-        source=source,
-        model=model_spec,
-        metrics=metrics,
-        store_root=store_root,
-        run=run,
-        num_rows=plan.num_rows,
-        shard_size=shard_size,
-        batch_size=batch_size,
-        reference=ref_spec,
-        embed_layer=embed_layer,
-        device=device,
+    config = job.manifest_config(
+        num_rows=data_plan.num_rows,
+        shard_size=job.shard_size or default_shard_size(data_plan.num_rows),
     )
-    outputs = list(scalar_outputs(metrics))
-    if EMBEDDING in metrics:
-        outputs += [*EMBEDDING_METRICS, *(_dup_metric(e) for e in dedup_eps)]
+    if existing is not None:  # a resumed run keeps the shards it was cut into
+        config["shard_size"] = _check_resumable(existing, config, identity, job.shard_size)
+    plan = ShardPlan(job=job, num_rows=data_plan.num_rows, shard_size=config["shard_size"])
+    outputs = list(scalar_outputs(job.entries))
+    if EMBEDDING in job.metrics:
+        outputs += [*EMBEDDING_METRICS, *(_dup_metric(e) for e in job.dedup_eps)]
     # On resume this marks the run "running" again, keeping its creation time.
     scores.begin_run(
-        run,
+        job.run,
         kind="scores",
         config=config,
         model=identity,
-        num_examples=plan.num_examples,
+        num_examples=data_plan.num_examples,
         metrics=tuple(outputs),
     )
-    done = _completed_shards(scores, spec)
-    todo = [k for k in range(spec.num_shards) if k not in done]
-    todo_rows = sum(spec.shard_rows(k)[1] - spec.shard_rows(k)[0] for k in todo)
+    done = _completed_shards(scores, plan)
+    todo = [k for k in range(plan.num_shards) if k not in done]
+    todo_rows = sum(plan.shard_rows(k)[1] - plan.shard_rows(k)[0] for k in todo)
     timings: dict[str, float] = {}
     try:
-        if todo and executor == "inline":
-            run_inline(spec, todo, todo_rows, progress, timings)
+        if todo and job.executor == "inline":
+            run_inline(plan, todo, todo_rows, timings)
         elif todo:
-            run_ray(
-                spec, todo, todo_rows, progress, timings,
-                address=address, actors=actors, cpus_per_actor=cpus_per_actor, num_cpus=num_cpus,
-            )  # fmt: skip
-        if EMBEDDING in metrics:
+            run_ray(plan, todo, todo_rows, timings)
+        if EMBEDDING in job.metrics:
             t0 = time.perf_counter()
-            write_embedding_metrics(scores, run, num_clusters=num_clusters, dedup_eps=dedup_eps)
+            write_embedding_metrics(
+                scores, job.run, num_clusters=job.num_clusters, dedup_eps=job.dedup_eps
+            )
             timings["embedding_metrics_s"] = time.perf_counter() - t0
     except ShardError as exc:
         failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
-        scores.finish_run(run, status="failed", extra=failure)
+        scores.finish_run(job.run, status="failed", extra=failure)
         raise
     seconds = time.perf_counter() - started
     scoring_s = timings.get("scoring_s", 0.0)
     extra = {
         "rows_scored": todo_rows,
-        "rows_total": plan.num_rows,
-        "shards": spec.num_shards,
+        "rows_total": data_plan.num_rows,
+        "shards": plan.num_shards,
         "shards_skipped": len(done),
         "seconds": round(seconds, 3),
         "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
-        "executor": executor,
+        "executor": job.executor,
         # A resumed run that completes no longer carries the failure of an earlier attempt.
         "error": None,
         "failed_shard": None,
         "failed_id": None,
         **{k: round(v, 3) for k, v in timings.items()},
     }
-    manifest = scores.finish_run(run, status="complete", extra=extra)
-    if progress:
-        _print_summary(run, store_root, extra, len(done))
+    manifest = scores.finish_run(job.run, status="complete", extra=extra)
+    if job.progress:
+        _print_summary(job.run, job.store, extra, len(done))
     return manifest
 
 
@@ -208,34 +147,6 @@ def _print_summary(run: str, store_root: str, extra: Mapping[str, Any], skipped:
         f"{resumed}); store {store_root}",
         file=sys.stderr,
     )
-
-
-def _check_options(
-    executor: str,
-    device: str,
-    batch_size: int,
-    shard_size: int | None,
-    num_clusters: int | None,
-    dedup_eps: Sequence[float],
-) -> None:
-    """Refuse bad options before anything is read or written."""
-    if executor not in ("ray", "inline"):
-        raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    _check_positive("batch_size", batch_size)
-    if shard_size is not None:
-        _check_positive("shard_size", shard_size)
-    if num_clusters is not None:
-        _check_positive("num_clusters", num_clusters)
-    for eps in dedup_eps:
-        if not 0.0 < float(eps) < 1.0:
-            raise ValueError(f"dedup eps must be in (0, 1), got {eps!r}")
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _dup_metric(eps: float) -> str:
@@ -259,8 +170,9 @@ def _check_resumable(
 ) -> int:
     """The stored shard size, after checking the resumed job is the same job.
 
-    Same data, metrics and model identity (factory, kwargs, checkpoint hash); the model's code
-    may change (that is how a failing model gets fixed before ``--resume``).
+    Same model identity (factory, kwargs, checkpoint hash) and the same ``RESUME_KEYS`` of the
+    manifest config (data, metrics, reference, embedding layer, rows); the model's code may
+    change (that is how a failing model gets fixed before ``--resume``).
     """
     if manifest.get("model") != model:
         raise ValueError(
@@ -268,7 +180,7 @@ def _check_resumable(
             f"(stored {manifest.get('model')!r}, now {model!r})"
         )
     stored = manifest.get("config", {})
-    for key in ("source", "metrics", "reference", "embed_layer", "num_rows"):
+    for key in RESUME_KEYS:
         if stored.get(key) != config[key]:
             raise ValueError(
                 f"cannot resume run {manifest.get('name')!r}: {key} differs "
@@ -280,15 +192,15 @@ def _check_resumable(
     return stored_shard
 
 
-def _completed_shards(scores: Any, spec: JobSpec) -> set[int]:
+def _completed_shards(scores: Any, plan: ShardPlan) -> set[int]:
     """Shards whose every metric file is committed.
 
     A shard's vectors are written before its metric files, so committed metrics imply committed
-    vectors (embedding runs always store the scalar ``embedding_norm``).
+    vectors (every metric with vectors also stores a scalar, e.g. ``embedding_norm``).
     """
     done: set[int] | None = None
-    for name in scalar_outputs(spec.metrics):
-        shards = set(scores.completed_shards(spec.run, name))
+    for name in scalar_outputs(plan.job.entries):
+        shards = set(scores.completed_shards(plan.job.run, name))
         done = shards if done is None else done & shards
     return done or set()
 

@@ -1,120 +1,72 @@
 """The scorer: per-example metrics of a mini-batch, and the actor that scores whole shards.
 
-``BatchScorer`` is the math on one mini-batch (no files, no Ray). ``ShardScorer`` is the class
-Ray Data runs in an actor pool: it builds the models and the data reader once per actor, scores
-one shard of rows per call, and commits the shard through the store's atomic writer before it
-reports back. A shard is therefore either fully in the store or not at all, which is what makes
-``--resume`` exactly-once.
+``BatchScorer`` is the math on one mini-batch (no files, no Ray): it runs the model once and
+calls each requested metric's registry entry (``pipelines.metric_registry``). ``ShardScorer`` is
+the class Ray Data runs in an actor pool: it builds the models and the data reader once per
+actor, scores one shard of rows per call, and commits the shard through the store's atomic
+writer before it reports back. A shard is therefore either fully in the store or not at all,
+which is what makes ``--resume`` exactly-once.
 
-Metric names and directions (all float32 per example, keyed by ``example_id``):
-
-- ``loss``: the model's per-example loss (higher = harder).
-- ``el2n``: ``||softmax(z) - onehot(y)||_2`` (higher = harder).
-- ``grad_norm``: exact per-example gradient norm over all parameters (higher = more influential).
-- ``learnability``: ``loss - ref_loss`` per example, ``ref_loss`` from the reference model
-  (higher = learnable and not yet learnt); stores ``loss``, ``ref_loss`` and ``learnability``.
-- ``entropy``: predictive entropy (higher = less certain; needs no labels).
-- ``margin``: see ``selection.scores.margin`` (lower = closer to the decision boundary).
-- ``embedding``: a float16 vector per example (``model.embed(x)`` or a named layer's output),
-  plus ``embedding_norm``, its L2 norm.
+Every scalar column is float32 per example and every vector column float16 ``[B, d]``, keyed by
+``example_id``; the metrics, their directions and columns are listed by ``winnow score --help``.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from winnow.pipelines.models import ModelSpec, load_model
+from winnow.pipelines.jobspec import ShardPlan
+from winnow.pipelines.metric_registry import (
+    Metric,
+    MetricContext,
+    get_metric,
+    scalar_outputs,
+    vector_outputs,
+)
+from winnow.pipelines.models import load_model
 from winnow.pipelines.sources import ItemError
 
-__all__ = [
-    "METRICS",
-    "EMBEDDING",
-    "BatchScorer",
-    "JobSpec",
-    "ShardError",
-    "ShardScorer",
-    "scalar_outputs",
-    "validate_metrics",
-]
-
-METRICS = ("loss", "el2n", "grad_norm", "learnability", "entropy", "margin", "embedding")
-EMBEDDING = "embedding"
-_NEEDS_LABELS = frozenset({"loss", "el2n", "grad_norm", "learnability", "margin"})
-_NEEDS_LOGITS = frozenset({"loss", "el2n", "learnability", "entropy", "margin"})
-_SCORES = frozenset({"el2n", "entropy", "margin"})
-
-
-def validate_metrics(
-    metrics: Sequence[str] | str, *, has_reference: bool, has_labels: bool
-) -> tuple[str, ...]:
-    """Return the requested metrics as a tuple in canonical order, or raise ``ValueError``."""
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; expected some of {list(METRICS)}")
-    if not metrics:
-        raise ValueError(f"no metrics requested; expected some of {list(METRICS)}")
-    if "learnability" in metrics and not has_reference:
-        raise ValueError("metric 'learnability' needs a reference model (--reference)")
-    if not has_labels and _NEEDS_LABELS.intersection(metrics):
-        raise ValueError(
-            f"metrics {sorted(_NEEDS_LABELS.intersection(metrics))} need labels, "
-            "but the data source has none (give --label-column, or items (x, y))"
-        )
-    return tuple(m for m in METRICS if m in metrics)
-
-
-def scalar_outputs(metrics: Sequence[str]) -> tuple[str, ...]:
-    """The float metric columns a run of ``metrics`` stores.
-
-    ``learnability`` adds ``loss`` and ``ref_loss``; ``embedding`` adds ``embedding_norm`` (the
-    L2 norm of each vector), which also marks the shard's vectors as committed.
-    """
-    out: list[str] = []
-    for name in metrics:
-        if name == "learnability":
-            out.extend(n for n in ("loss", "ref_loss", "learnability") if n not in out)
-        elif name == EMBEDDING:
-            out.append("embedding_norm")
-        elif name not in out:
-            out.append(name)
-    return tuple(out)
+__all__ = ["BatchScorer", "ShardError", "ShardScorer"]
 
 
 class BatchScorer:
     """Computes the requested metrics for one mini-batch.
 
-    ``x``: ``[B, ...]`` tensor, ``y``: ``[B]`` targets or None. Returns ``{metric: float32 [B]}``
-    plus ``"embedding": float16 [B, d]`` when asked. Everything runs under
-    ``torch.inference_mode`` except ``grad_norm``, which needs one backward pass.
+    ``metrics``: names (looked up in the registry) or ``Metric`` entries (as an actor receives
+    them). ``x``: ``[B, ...]`` tensor, ``y``: ``[B]`` targets or None. Returns
+    ``{column: float32 [B]}`` for every scalar column and ``{column: float16 [B, d]}`` for
+    every vector column of the metrics. The model runs once, under ``torch.inference_mode``,
+    for every metric except ``needs_grad`` ones (``grad_norm``), which run after it with
+    autograd on. A metric returning the wrong columns or shapes raises ``ValueError`` naming it.
     """
 
     def __init__(
         self,
         model: Any,
         loss_fn: Callable,
-        metrics: Sequence[str],
+        metrics: Sequence[str | Metric],
         *,
         reference: Any | None = None,
         reference_loss_fn: Callable | None = None,
         embed_layer: str | None = None,
         device: str = "cpu",
     ):
-        self.model, self.loss_fn, self.metrics = model, loss_fn, tuple(metrics)
+        self.model, self.loss_fn = model, loss_fn
+        self.entries = tuple(m if isinstance(m, Metric) else get_metric(m) for m in metrics)
+        self.metrics = tuple(m.name for m in self.entries)
         self.reference, self.reference_loss_fn = reference, reference_loss_fn
         self.device = device
         self._captured: list[Any] = []
         self._embed: Callable | None = None
-        if EMBEDDING in self.metrics:
+        self._embed_layer: str | None = None
+        if any(m.needs_embedding for m in self.entries):
             if embed_layer is not None:
                 model.get_submodule(embed_layer).register_forward_hook(self._capture)
+                self._embed_layer = embed_layer
             elif callable(getattr(model, "embed", None)):
                 self._embed = model.embed
             else:
@@ -122,17 +74,9 @@ class BatchScorer:
                     f"{type(model).__name__} has no embed() method; name a layer whose output "
                     "is the embedding (--embed-layer, e.g. 'head')"
                 )
-        self._embed_layer = embed_layer if EMBEDDING in self.metrics else None
-        # Imported here, not per batch, so a missing dependency is not blamed on the user's model.
-        self._scores = (
-            importlib.import_module("winnow.selection.scores")
-            if _SCORES.intersection(self.metrics)
-            else None
-        )
-        self._grad_norms = None
-        if "grad_norm" in self.metrics:
-            gradnorm = importlib.import_module("winnow.selection.gradnorm")
-            self._grad_norms = gradnorm.per_example_grad_norms
+        # The forward also runs when the embedding comes from a hooked layer.
+        self._forward = self._embed_layer is not None or any(m.needs_logits for m in self.entries)
+        self._vectors = frozenset(vector_outputs(self.entries))
 
     def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
         # Only the inference forward's output is the embedding (not the grad_norm forward's).
@@ -142,40 +86,73 @@ class BatchScorer:
     def __call__(self, x: Any, y: Any | None) -> dict[str, np.ndarray]:
         import torch
 
-        scores = self._scores
         x = x.to(self.device, non_blocking=True)
         y = None if y is None else y.to(self.device, non_blocking=True)
+        ctx = MetricContext(
+            x=x,
+            model=self.model,
+            loss_fn=self.loss_fn,
+            reference=self.reference,
+            reference_loss_fn=self.reference_loss_fn,
+        )
         out: dict[str, Any] = {}
         self._captured.clear()
-        with torch.inference_mode():
-            logits = None
-            if _NEEDS_LOGITS.intersection(self.metrics) or self._embed_layer is not None:
-                logits = self.model(x)
-            if "loss" in self.metrics or "learnability" in self.metrics:
-                out["loss"] = self.loss_fn(logits, y)
-            if "learnability" in self.metrics:
-                ref_loss = self.reference_loss_fn(self.reference(x), y)
-                out["ref_loss"] = ref_loss
-                out["learnability"] = out["loss"] - ref_loss
-            if "el2n" in self.metrics:
-                out["el2n"] = scores.el2n(logits, y)
-            if "entropy" in self.metrics:
-                out["entropy"] = scores.entropy(logits)
-            if "margin" in self.metrics:
-                out["margin"] = scores.margin(logits, y)
-            if EMBEDDING in self.metrics:
-                emb = self._captured[0] if self._embed is None else self._embed(x)
-                out[EMBEDDING] = emb.flatten(1)
-                out["embedding_norm"] = out[EMBEDDING].float().norm(dim=1)
-        if self._grad_norms is not None:
-            out["grad_norm"] = self._grad_norms(self.model, self.loss_fn, x, y)
-        self._captured.clear()
+        try:
+            with torch.inference_mode():
+                logits = self.model(x) if self._forward else None
+                if self._embed_layer is not None:
+                    ctx.embedding = self._captured[0].flatten(1)
+                elif self._embed is not None:
+                    ctx.embedding = self._embed(x).flatten(1)
+                for metric in self.entries:
+                    if not metric.needs_grad:
+                        out.update(self._columns(metric, metric.fn(logits, y, ctx), len(x)))
+            for metric in self.entries:
+                if metric.needs_grad:
+                    outputs = logits if metric.needs_logits else None
+                    out.update(self._columns(metric, metric.fn(outputs, y, ctx), len(x)))
+        finally:
+            self._captured.clear()
         result = {}
         for name, value in out.items():
             array = torch.as_tensor(value).detach().to("cpu")
-            dtype = torch.float16 if name == EMBEDDING else torch.float32
+            dtype = torch.float16 if name in self._vectors else torch.float32
             result[name] = array.to(dtype).numpy()
         return result
+
+    def _columns(self, metric: Metric, value: Any, batch: int) -> dict[str, Any]:
+        """``{column: tensor}`` of one metric's result, checked against its declared columns."""
+        import torch
+
+        if not isinstance(value, Mapping):
+            if len(metric.columns) != 1:
+                raise ValueError(
+                    f"metric {metric.name!r} returned one tensor; expected a mapping with the "
+                    f"columns {list(metric.columns)}"
+                )
+            value = {metric.columns[0]: value}
+        if set(value) != set(metric.columns):
+            raise ValueError(
+                f"metric {metric.name!r} returned columns {sorted(value)}; expected "
+                f"{sorted(metric.columns)}"
+            )
+        columns = {}
+        for name, column in value.items():
+            column = torch.as_tensor(column)
+            if name in metric.vectors:
+                ok = column.ndim >= 2 and column.shape[0] == batch
+                expected = f"[{batch}, d]"
+                column = column.flatten(1) if ok else column
+            else:
+                ok = tuple(column.shape) == (batch,)
+                expected = f"[{batch}]"
+            if not ok:
+                raise ValueError(
+                    f"metric {metric.name!r}: column {name!r} has shape {list(column.shape)}; "
+                    f"expected {expected}"
+                )
+            columns[name] = column
+        return columns
 
 
 class ShardError(RuntimeError):
@@ -190,36 +167,6 @@ class ShardError(RuntimeError):
         return (type(self), (self.run, self.shard, self.example_id, self.cause))
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything an actor needs, picklable: where data, models and the store are.
-
-    ``source`` is a ``ParquetSource`` or ``DatasetSource``; ``num_rows`` its row count. Shards
-    are ``shard_size`` consecutive row positions, so the same spec always cuts the same shards.
-    """
-
-    source: Any
-    model: ModelSpec
-    metrics: tuple[str, ...]
-    store_root: str
-    run: str
-    num_rows: int
-    shard_size: int
-    batch_size: int = 256
-    reference: ModelSpec | None = None
-    embed_layer: str | None = None
-    device: str = "cpu"
-
-    def shard_rows(self, shard: int) -> tuple[int, int]:
-        """Row positions ``[start, stop)`` of ``shard``: a pure function of the shard size."""
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, self.num_rows)
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_rows // self.shard_size)
-
-
 class ShardScorer:
     """Ray Data actor: ``{"shard": int64 [k]}`` in, one report row per shard out.
 
@@ -230,8 +177,8 @@ class ShardScorer:
     ``report_setup_errors``, so is a failure to build the model or the data reader.
     """
 
-    def __init__(self, spec: JobSpec, *, report_setup_errors: bool = False):
-        self.spec = spec
+    def __init__(self, plan: ShardPlan, *, report_setup_errors: bool = False):
+        self.plan = plan
         self._setup_error = ""
         if not report_setup_errors:
             self._setup()
@@ -251,23 +198,26 @@ class ShardScorer:
     def _setup(self) -> None:
         from winnow.store import ScoreStore
 
-        spec = self.spec
-        model, loss_fn = load_model(spec.model, spec.device)
+        job = self.plan.job
+        model, loss_fn = load_model(job.model, job.device)
         reference = ref_loss = None
-        if spec.reference is not None:
-            reference, ref_loss = load_model(spec.reference, spec.device)
+        if job.reference is not None:
+            reference, ref_loss = load_model(job.reference, job.device)
+        # The job's resolved entries, not this process's registry: a metric registered in the
+        # driver need not be registered here.
         self.scorer = BatchScorer(
             model,
             loss_fn,
-            spec.metrics,
+            job.entries,
             reference=reference,
             reference_loss_fn=ref_loss,
-            embed_layer=spec.embed_layer,
-            device=spec.device,
+            embed_layer=job.embed_layer,
+            device=job.device,
         )
-        self.reader = spec.source.open()
-        self.store = ScoreStore(spec.store_root)
-        self.outputs = scalar_outputs(spec.metrics)
+        self.reader = job.data.open()
+        self.store = ScoreStore(job.store)
+        self.outputs = scalar_outputs(job.entries)
+        self.vectors = vector_outputs(job.entries)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports = []
@@ -303,25 +253,25 @@ class ShardScorer:
         """
         import pyarrow as pa
 
-        spec = self.spec
-        start, stop = spec.shard_rows(shard)
+        plan, run = self.plan, self.plan.job.run
+        start, stop = plan.shard_rows(shard)
         ids_parts: list[np.ndarray] = []
         parts: dict[str, list[np.ndarray]] = {}
-        batches = self.reader.iter_batches(start, stop, spec.batch_size)
+        batches = self.reader.iter_batches(start, stop, plan.job.batch_size)
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 break
             except ItemError as exc:  # the user's dataset failed on an item
-                raise ShardError(spec.run, shard, exc.example_id, str(exc)) from exc
+                raise ShardError(run, shard, exc.example_id, str(exc)) from exc
             except Exception as exc:  # the user's data failed: report it with its shard
-                raise ShardError(spec.run, shard, None, f"{type(exc).__name__}: {exc}") from exc
+                raise ShardError(run, shard, None, f"{type(exc).__name__}: {exc}") from exc
             try:
                 values = self.scorer(batch.x, batch.y)
             except Exception as exc:  # the user's model failed: find which example
                 bad = self._first_failing_id(batch)
-                raise ShardError(spec.run, shard, bad, f"{type(exc).__name__}: {exc}") from exc
+                raise ShardError(run, shard, bad, f"{type(exc).__name__}: {exc}") from exc
             ids_parts.append(batch.ids)
             for name, value in values.items():
                 parts.setdefault(name, []).append(value)
@@ -331,12 +281,12 @@ class ShardScorer:
             finite = np.isfinite(value.reshape(len(ids), -1)).all(axis=1)
             if not finite.all():
                 bad = int(ids[np.argmin(finite)])
-                raise ShardError(spec.run, shard, bad, f"metric {name!r} is not finite")
-        if EMBEDDING in columns:
-            self.store.write_vectors(spec.run, EMBEDDING, ids, columns[EMBEDDING], shard=shard)
-        if self.outputs:
-            table = pa.table({"example_id": ids, **{name: columns[name] for name in self.outputs}})
-            self.store.write_table(spec.run, table, shard=shard)
+                raise ShardError(run, shard, bad, f"metric {name!r} is not finite")
+        # Vectors first: the scalar files mark the shard as committed (see job._completed_shards).
+        for name in self.vectors:
+            self.store.write_vectors(run, name, ids, columns[name], shard=shard)
+        table = pa.table({"example_id": ids, **{name: columns[name] for name in self.outputs}})
+        self.store.write_table(run, table, shard=shard)
         return int(len(ids))
 
     def _first_failing_id(self, batch: Any) -> int | None:

@@ -9,7 +9,8 @@ from torch import nn
 from tests.pipelines.scoring_fixtures import BAD_MARKER, make_arrays, mlp, write_parquet
 from winnow.pipelines.cli import main
 from winnow.pipelines.embed import write_embedding_metrics
-from winnow.pipelines.scorer import BatchScorer, scalar_outputs, validate_metrics
+from winnow.pipelines.metric_registry import scalar_outputs, validate_metrics
+from winnow.pipelines.scorer import BatchScorer
 from winnow.store import ScoreStore
 
 FIX = "tests.pipelines.scoring_fixtures"
@@ -85,7 +86,7 @@ def test_score_command_reports_a_failing_model_with_exit_code_1(tmp_path, capsys
     assert store.completed_shards("r", "loss") == {0}  # inline stops at the first failure
     assert main([*argv, "--resume"]) == 1  # still broken: same clear error, nothing lost
     assert store.completed_shards("r", "loss") == {0}
-    assert main(["score", "--data", str(data), "--model", f"{FIX}:mlp", "--run", "x"]) == 2
+    assert main(["score", "--data", str(data), "--model", f"{FIX}:mlp", "--run", "x"]) == 1
     assert "needs feature columns" in capsys.readouterr().err
 
 

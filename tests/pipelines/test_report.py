@@ -122,7 +122,7 @@ def test_cli_selects_runs_and_rejects_unknown(tmp_path, capsys):
     code = cli_main(
         ["report", "--store", str(tmp_path / "store"), "--run", "nope", "--out", str(out)]
     )
-    assert code == 2
+    assert code == 1  # a bad input, not a usage error
     err = capsys.readouterr().err
     assert "nope" in err and "first" in err and "second" in err
     assert out.read_text() == before  # a failed report leaves the old page alone

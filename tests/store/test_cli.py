@@ -53,7 +53,7 @@ def test_sql_csv_json_parquet(filled, capsys, tmp_path):
 
 
 def test_sql_errors_are_reported_not_raised(filled, capsys):
-    assert main(["sql", "--store", str(filled), "DROP VIEW scores"]) == 2
+    assert main(["sql", "--store", str(filled), "DROP VIEW scores"]) == 1  # bad input
     assert "refused a DROP statement" in capsys.readouterr().err
     assert main(["sql", "--store", str(filled), "SELECT nope FROM scores"]) == 1
     assert 'winnow sql: error: Binder Error: Referenced column "nope"' in capsys.readouterr().err
