@@ -49,8 +49,10 @@ def grad_norm(outputs: Any, targets: Any, ctx: Any) -> Any:
 def learnability(outputs: Any, targets: Any, ctx: Any) -> dict[str, Any]:
     """``loss``, ``ref_loss`` (reference model) and ``learnability = loss - ref_loss``, each
     ``[B]`` (higher learnability = learnable and not yet learnt)."""
-    learner = ctx.loss(outputs, targets)
-    reference = ctx.reference_loss_fn(ctx.reference(ctx.x), targets)
+    # float32 before subtracting: a half-precision loss would otherwise be cast to the other
+    # operand's dtype, and a reference loss rounded to bf16 loses the ~0.01 differences.
+    learner = ctx.loss(outputs, targets).float()
+    reference = ctx.reference_loss_fn(ctx.reference(ctx.x), targets).float()
     return {"loss": learner, "ref_loss": reference, "learnability": learner - reference}
 
 

@@ -270,3 +270,25 @@ def test_import_option_registers_a_metric_for_the_cli(tmp_path, monkeypatch, cap
     values, present = ScoreStore(tmp_path / "s").read("r", "max_logit")
     assert present.all()
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_builtin_learnability_subtracts_in_float32_for_half_precision_models():
+    """A bf16 learner and a float32 reference: the reference must not be rounded to bf16 (its
+    step near 2.5 is 0.0156, the size of the differences that matter); learnability is float32."""
+    import torch
+
+    from winnow.pipelines.builtin_metrics import learnability
+    from winnow.pipelines.metric_registry import MetricContext
+
+    learner = torch.tensor([2.5, 2.4844, 7.0], dtype=torch.bfloat16)
+    reference = torch.tensor([2.4901, 2.4950, 7.0313], dtype=torch.float32)
+    ctx = MetricContext(
+        x=torch.zeros(3, 1),
+        model=None,
+        loss_fn=lambda out, y: learner,
+        reference=lambda x: None,
+        reference_loss_fn=lambda out, y: reference,
+    )
+    got = learnability(None, None, ctx)["learnability"]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, learner.float() - reference.float(), rtol=0, atol=0)

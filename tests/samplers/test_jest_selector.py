@@ -192,3 +192,13 @@ def test_score_super_batch_restores_mode_and_micro_batches():
     torch.testing.assert_close(pair, chunked_pair)
     with pytest.raises(ValueError, match="per-example"):
         score_super_batch(model, x, y, loss_fn=lambda out, t: out.sum())
+
+
+def test_learnability_is_computed_in_float32_with_bf16_learner_losses():
+    """A bf16 learner, float32 reference losses that differ by 0.001: rounding the reference to
+    bf16 (step 0.0156 near 2.5) would tie them all; greedy JEST must still rank them."""
+    reference = (2.5 - 0.001 * np.arange(32)).astype(np.float32)
+    sel = JESTSelector(reference, keep=0.25, temperature=0.0)
+    learner = torch.full((32,), 2.5, dtype=torch.bfloat16)
+    rows, _ = sel.select(torch.arange(32), learner)
+    assert sorted(rows.tolist()) == list(range(24, 32))  # the 8 largest learnabilities
