@@ -196,9 +196,13 @@ def test_score_super_batch_restores_mode_and_micro_batches():
 
 def test_learnability_is_computed_in_float32_with_bf16_learner_losses():
     """A bf16 learner, float32 reference losses that differ by 0.001: rounding the reference to
-    bf16 (step 0.0156 near 2.5) would tie them all; greedy JEST must still rank them."""
+    bf16 (step 0.0156 near 2.5) would merge them into 3 values; the scores keep all 32."""
     reference = (2.5 - 0.001 * np.arange(32)).astype(np.float32)
     sel = JESTSelector(reference, keep=0.25, temperature=0.0)
     learner = torch.full((32,), 2.5, dtype=torch.bfloat16)
+    scores = sel.selection_scores(np.arange(32), learner)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, 2.5 - torch.from_numpy(reference), rtol=0, atol=0)
+    assert len(set(scores.tolist())) == 32
     rows, _ = sel.select(torch.arange(32), learner)
     assert sorted(rows.tolist()) == list(range(24, 32))  # the 8 largest learnabilities
