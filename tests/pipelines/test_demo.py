@@ -10,7 +10,7 @@ from winnow.pipelines.demo import _train, run_demo
 from winnow.store import ScoreStore
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)  # two demo runs: about 50 s on a quiet 2-core machine
 def test_demo_answers_its_questions_and_can_run_twice(ray_session, tmp_path):
     out = io.StringIO()
     torch.manual_seed(1234)
