@@ -23,6 +23,7 @@ from winnow.samplers.importance import ImportanceSelector
 from winnow.samplers.indexed import IndexedDataset
 from winnow.samplers.infobatch import InfoBatch, InfoBatchSampler
 from winnow.samplers.jest import JESTSelector, score_super_batch
+from winnow.samplers.odm import ODMSampler
 from winnow.samplers.pruned import PrunedSampler, StaticSubset
 from winnow.samplers.rho import (
     RhoLossSelector,
@@ -48,6 +49,7 @@ __all__ = [
     "InfoBatch",
     "InfoBatchSampler",
     "JESTSelector",
+    "ODMSampler",
     "PrunedSampler",
     "RS2",
     "RS2Sampler",
