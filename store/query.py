@@ -81,8 +81,13 @@ class SqlEngine:
         self._lock = threading.Lock()
         self._has_files: dict[str, bool] = {}
         self._con = duckdb.connect(":memory:")
-        if sfs.is_local:
-            self._con.execute(f"SET allowed_directories = [{_literal(sfs.root + '/')}]")
+        # DuckDB adds its temp directory (default ``<cwd>/.tmp``) to allowed_directories by itself,
+        # which would make that directory readable and listable: run without one (queries that
+        # outgrow DuckDB's memory limit fail instead of spilling). It must be set before external
+        # access is switched off, which freezes it.
+        self._con.execute("SET temp_directory = ''")
+        allowed = [sfs.root + "/"] if sfs.is_local else []
+        self._con.execute("SET allowed_directories = ?", [allowed])
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
 

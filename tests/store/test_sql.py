@@ -6,6 +6,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from winnow.store import ReadOnlyQueryError, ScoreStore
@@ -153,3 +154,32 @@ def test_close_and_reopen_connection(tmp_path):
         store.write("r", "loss", [0, 1], [1.0, 2.0])
         assert store.sql("SELECT sum(value) AS s FROM scores")["s"][0].as_py() == 3.0
     assert store.sql("SELECT count(*) AS n FROM scores")["n"][0].as_py() == 2
+
+
+_READERS = (
+    "SELECT * FROM read_text('{path}/x.txt')",
+    "SELECT * FROM read_blob('{path}/x.txt')",
+    "SELECT * FROM glob('{path}/*')",
+    "SELECT * FROM read_csv('{path}/x.txt')",
+    "SELECT * FROM read_parquet('{path}/x.parquet')",
+)
+
+
+@pytest.mark.parametrize("reader", _READERS)
+def test_nothing_outside_the_store_is_readable_or_listable(tmp_path, monkeypatch, reader):
+    # DuckDB adds its default temp directory (<cwd>/.tmp) to allowed_directories by itself.
+    cwd, sibling = tmp_path / "cwd", tmp_path / "store-sibling"
+    places = [cwd, cwd / ".tmp", sibling, tmp_path]
+    for place in places:
+        place.mkdir(exist_ok=True)
+        (place / "x.txt").write_text("secret\n")
+        pq.write_table(pa.table({"secret": [1]}), place / "x.parquet")
+    monkeypatch.chdir(cwd)
+    store = ScoreStore(tmp_path / "store")
+    _fill(store)
+    for place in [*places, "/tmp", f"{store.root}/.."]:
+        with pytest.raises(duckdb.Error, match="disabled by configuration"):
+            store.sql(reader.format(path=place))
+    assert store.sql("SELECT current_setting('allowed_directories') AS a")["a"].to_pylist() == [
+        [f"{store.root}/"]
+    ]
