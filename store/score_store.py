@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -110,31 +111,40 @@ class ScoreStore:
         return len(ids_arr)
 
     def write_table(
-        self, run: str, table: pa.Table, *, shard: int = 0, allow_nan: bool = False
+        self,
+        run: str,
+        table: pa.Table | Mapping[str, object],
+        *,
+        shard: int = 0,
+        allow_nan: bool = False,
     ) -> dict[str, int]:
         """Store several metrics of one shard: ``table`` has ``example_id`` plus metric columns.
 
-        Every column is validated before any file is written; then one file per metric.
+        ``table`` is an Arrow table or a mapping of column name to array-like (numpy, list,
+        tensor). Every column is validated before any file is written; then one file per metric.
 
         Returns:
             ``{metric: rows written}``.
         """
-        if not isinstance(table, pa.Table):
-            table = pa.table(table)
-        if "example_id" not in table.column_names:
-            raise ValueError(f"table needs an 'example_id' column, got {table.column_names}")
-        metrics = [name for name in table.column_names if name != "example_id"]
+        if not isinstance(table, Mapping):
+            if not isinstance(table, pa.Table):
+                table = pa.table(table)
+            table = {name: table.column(name) for name in table.column_names}
+        if "example_id" not in table:
+            raise ValueError(f"table needs an 'example_id' column, got {list(table)}")
+        metrics = [name for name in table if name != "example_id"]
         if not metrics:
             raise ValueError("table needs at least one metric column besides 'example_id'")
         check_name(run, "run")
         shard = check_nonnegative_int(shard, "shard")
-        ids = check_ids(table.column("example_id"))
+        ids = check_ids(table["example_id"])
         columns = {}
         for metric in metrics:
             check_name(metric, "metric")
             columns[metric] = check_values(
-                table.column(metric), f"values of metric {metric!r}", allow_nan=allow_nan
+                table[metric], f"values of metric {metric!r}", allow_nan=allow_nan
             )
+        check_same_length(example_id=ids, **columns)
         ids_array = pa.array(ids)
         for metric, values in columns.items():
             data = pa.Table.from_arrays([ids_array, pa.array(values)], schema=SCORES_SCHEMA)

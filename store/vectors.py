@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from winnow.store.files import read_checked, vectors_schema
 from winnow.store.layout import StoreFS
-from winnow.store.validation import check_same_length
+from winnow.store.validation import check_same_length, to_numpy
 
 __all__ = ["read_vectors", "vectors_table"]
 
@@ -23,9 +23,7 @@ def vectors_table(ids: np.ndarray, vectors: object) -> pa.Table:
         TypeError: vectors are not real numbers.
         ValueError: not 2-d, d == 0, length differs from ids, or non-finite in float16.
     """
-    if hasattr(vectors, "detach") and hasattr(vectors, "cpu"):  # torch.Tensor
-        vectors = vectors.detach().cpu().numpy()
-    arr = np.asarray(vectors)
+    arr = to_numpy(vectors)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"vectors must be real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] == 0:

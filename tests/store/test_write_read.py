@@ -1,5 +1,7 @@
 """Round trips through real Parquet files, and rejection of bad input."""
 
+from decimal import Decimal
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -91,6 +93,22 @@ def test_torch_tensors_and_lists_are_accepted(store):
     np.testing.assert_array_equal(store.read("r", "grad")[0], [4.0, 3.0])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors_are_stored_exactly_as_float32(store, dtype):
+    values = torch.tensor([0.1, -3.5, 1e4, 2.0**-14], dtype=dtype)
+    exact = values.float().numpy()
+    assert store.write("r", "loss", torch.tensor([0, 1, 2, 3]), values) == 4
+    np.testing.assert_array_equal(store.read("r", "loss")[0], exact)
+    store.write_table("r", {"example_id": torch.arange(4), "margin": values}, shard=1)
+    np.testing.assert_array_equal(store.read_table("r", "margin")["value"].to_numpy(), exact)
+    store.trace_writer("r").write(0, torch.arange(4), torch.ones(4, dtype=torch.bool), loss=values)
+    np.testing.assert_array_equal(store.read_trace("r")["loss"].to_numpy(), exact)
+    store.write_vectors("r", "emb", [0, 1], values.reshape(2, 2))
+    np.testing.assert_array_equal(store.read_vectors("r", "emb")[1], exact.reshape(2, 2))
+    with pytest.raises(TypeError, match="dtype float(16|32)"):
+        store.write("r", "loss", torch.tensor([0, 1], dtype=dtype), [1.0, 2.0])
+
+
 @pytest.mark.parametrize(
     ("ids", "error", "match"),
     [
@@ -101,6 +119,19 @@ def test_torch_tensors_and_lists_are_accepted(store):
         ([7, 3, 7], ValueError, r"duplicated id\(s\) within one write, e.g. \[7\]"),
         (np.array([2**63 + 1, 0], dtype=np.uint64), ValueError, "does not fit in int64"),
         ([[0, 1]], ValueError, "1-dimensional"),
+        # Non-integers that a plain cast to int64 would silently truncate:
+        ([Decimal("1.5"), Decimal("2")], TypeError, r"got Decimal\('1.5'\) \(Decimal\)"),
+        (np.array([1.5, 2.0], dtype=object), TypeError, r"got 1.5 \(float\)"),
+        (np.array([2, np.float32(7.25)], dtype=object), TypeError, r"\(7.25\) \(float32\)"),
+        (np.array(["1", "2"], dtype=object), TypeError, r"got '1' \(str\)"),
+        (np.array([3, True], dtype=object), TypeError, r"got True \(bool\)"),
+        ([4, 2.5], TypeError, "dtype float64"),
+        (pa.array([Decimal("3.7")]), TypeError, "Decimal"),
+        (torch.tensor([1.0, 2.0]), TypeError, "dtype float32"),
+        (np.array([1.0, 2.0]), TypeError, "dtype float64"),
+        ([2**63, 1], ValueError, "9223372036854775808 does not fit in int64"),
+        (np.array([2**70, 1], dtype=object), ValueError, "does not fit in int64"),
+        (pa.array([1, None]), ValueError, "1 null"),
     ],
 )
 def test_bad_ids_are_rejected_with_the_offending_value(store, ids, error, match):
