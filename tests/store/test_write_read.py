@@ -230,3 +230,15 @@ def test_multi_row_group_shards_read_back_exactly(store):
     dense, present = store.read("big", "loss")
     assert present.all()
     np.testing.assert_array_equal(dense[ids], values)
+
+
+def test_dense_read_of_huge_ids_is_refused_before_allocating(store):
+    # Ids near 2**63 are valid to store; a dense array indexed by them is not.
+    store.write("r", "loss", [3, 2**62], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"largest stored example_id 4611686018427387904") as info:
+        store.read("r", "loss")
+    message = str(info.value)
+    assert "23058430092136939525 bytes" in message and "read_table" in message
+    with pytest.raises(ValueError, match=r"num_examples=1152921504606846976.*read_table"):
+        store.read("r", "loss", num_examples=2**60)
+    assert store.read_table("r", "loss")["example_id"].to_pylist() == [3, 2**62]
