@@ -155,13 +155,20 @@ class ScoreStore:
     def write_vectors(
         self, run: str, name: str, ids: object, vectors: object, *, shard: int = 0
     ) -> int:
-        """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n."""
+        """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n.
+
+        Every shard of one (run, name) has the same width ``d``: a write whose width differs from
+        the other shards' raises ValueError and leaves the store as it was.
+        """
         check_name(run, "run")
         check_name(name, "vector")
         shard = check_nonnegative_int(shard, "shard")
         table = vec.vectors_table(check_ids(ids), vectors)
-        path = f"{self._partition('vectors', run, 'name', name)}/{shard_filename(shard)}"
-        write_parquet(self._sfs, path, table)
+        directory = self._partition("vectors", run, "name", name)
+        width = table.schema.field("vector").type.list_size
+        label = f"vector {name!r} of run {run!r}"
+        vec.check_width(self._sfs, self._sfs.shard_files(directory), shard, width, label)
+        write_parquet(self._sfs, f"{directory}/{shard_filename(shard)}", table)
         return table.num_rows
 
     def remove_temporary_files(self, *, older_than_s: float = 3600.0) -> list[str]:

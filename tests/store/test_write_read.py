@@ -1,5 +1,6 @@
 """Round trips through real Parquet files, and rejection of bad input."""
 
+import os
 from decimal import Decimal
 
 import numpy as np
@@ -242,3 +243,20 @@ def test_dense_read_of_huge_ids_is_refused_before_allocating(store):
     with pytest.raises(ValueError, match=r"num_examples=1152921504606846976.*read_table"):
         store.read("r", "loss", num_examples=2**60)
     assert store.read_table("r", "loss")["example_id"].to_pylist() == [3, 2**62]
+
+
+def test_vector_width_must_match_the_other_shards_of_the_name(store):
+    store.write_vectors("r", "emb", [0, 1], np.ones((2, 8)), shard=0)
+    store.write_vectors("r", "emb", [2], np.ones((1, 8)), shard=3)
+    with pytest.raises(ValueError, match=r"width 4.*'emb' of run 'r' has width 8.*shard-00000"):
+        store.write_vectors("r", "emb", [5], np.ones((1, 4)), shard=1)
+    assert sorted(os.listdir(f"{store.root}/vectors/run=r/name=emb")) == [
+        "shard-00000.parquet",
+        "shard-00003.parquet",
+    ]
+    store.write_vectors("r", "small", [0], np.ones((1, 4)))  # another name, its own width
+    ids, vectors = store.read_vectors("r", "emb")
+    assert ids.tolist() == [0, 1, 2] and vectors.shape == (3, 8)
+    store.write_vectors("solo", "emb", [0], np.ones((1, 8)))
+    store.write_vectors("solo", "emb", [0], np.ones((1, 2)))  # replaces its only shard
+    assert store.read_vectors("solo", "emb")[1].shape == (1, 2)
