@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import pyarrow.fs as pafs
 from winnow.store import manifest as mf
 from winnow.store import vectors as vec
 from winnow.store.dense import read_dense
-from winnow.store.errors import UnknownMetricError, UnknownRunError
+from winnow.store.errors import StoreWarning, UnknownMetricError, UnknownRunError
 from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
 from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
 from winnow.store.query import SqlEngine
@@ -375,14 +376,22 @@ class ScoreStore:
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's manifest, sorted by name; runs with data but no manifest appear as
-        ``{"name": run, "status": "unknown"}``."""
+        ``{"name": run, "status": "unknown"}``. A manifest that cannot be read or is not a valid
+        manifest is skipped with a ``StoreWarning`` naming it (its run, if it has data, is then
+        listed as ``unknown``)."""
         manifests = {}
         for info in self._sfs.list_dir(self._sfs.path("runs")):
             if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
-                if not info.base_name.startswith("."):
-                    manifests[info.base_name[:-5]] = mf.loads(
-                        self._sfs.read_bytes(info.path), info.path
+                if info.base_name.startswith("."):
+                    continue
+                try:
+                    manifest = mf.loads(self._sfs.read_bytes(info.path), info.path)
+                except (OSError, ValueError) as exc:  # one bad manifest must not hide the others
+                    warnings.warn(
+                        f"skipping run manifest {info.path}: {exc}", StoreWarning, stacklevel=2
                     )
+                    continue
+                manifests[info.base_name[:-5]] = manifest
         for kind in _DATA_KINDS:
             for run in self._sfs.partitions(self._sfs.path(kind), "run"):
                 manifests.setdefault(run, {"name": run, "status": "unknown"})
