@@ -5,30 +5,51 @@ The connection is in-memory and read-only toward the files, by two independent m
 1. every statement is parsed first (``extract_statements``) and anything that is not a plain
    query (``COPY``, ``CREATE``, ``ATTACH``, ``INSTALL``/``LOAD``, ``SET``, ``PRAGMA``,
    ``EXPORT``, ``EXPLAIN``, ``CALL``, ...) is refused before it runs;
-2. on a local store DuckDB's file access is limited to the store's directory
-   (``allowed_directories``), external access is switched off and the configuration is locked,
-   so even a query cannot read other files or load extensions.
+2. DuckDB's own file access is limited to the store's directory (``allowed_directories``; no
+   directory at all where DuckDB does not read the files itself), it has no temp directory,
+   external access is switched off and the configuration is locked, so even a query cannot read
+   or list other files or load extensions.
 
-Views read the files at query time through explicit globs that match only committed shard files
-(``shard-*.parquet``), so files written after the store was opened are visible and temporary
-files never are. A kind of data with no files yet is an empty view with the right columns.
-On a non-local pyarrow filesystem the views go through Arrow datasets instead of DuckDB's reader.
+Each query first lists the committed shard files (``kind/run=R/key=V/shard-N.parquet``; never
+temporary files) and rebuilds a view only when its list changed, so files that other processes
+add or remove are seen by the next query. Views name their files explicitly rather than by a
+glob: DuckDB's globs would read ``[``, ``*``, ``?`` and ``\\`` in the store's path as patterns
+(and its hive parser takes ``key=value`` parts of the path as columns). DuckDB reads the files
+itself when the store is local and its path is plain; otherwise (another pyarrow filesystem, a
+path with such characters) the views go through Arrow datasets, with float16 vectors cast to
+float32 on the way, since DuckDB's Arrow scan lacks float16. The ``runs`` view is rebuilt when a
+manifest changed.
+
+A file DuckDB cannot read (truncated, foreign schema, unreadable) would otherwise fail every
+query over its view. When a query fails, the files DuckDB names, the file each view takes its
+schema from and, unless the error is about the query's own SQL, the other files not yet checked
+are checked; the bad ones are left out with a ``StoreWarning`` naming them and the query runs
+again. A rewritten file is read again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import re
 import threading
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from winnow.store.errors import ReadOnlyQueryError
-from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA
-from winnow.store.layout import SHARD_GLOB, StoreFS
+from winnow.store.errors import ReadOnlyQueryError, StoreWarning
+from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, check_schema, vectors_schema
+from winnow.store.layout import StoreFS
 
 __all__ = ["SqlEngine"]
+
+_T = TypeVar("_T")
 
 
 class _View:
@@ -36,6 +57,10 @@ class _View:
         self.name = name
         self.partitions = partitions  # hive key -> DuckDB type
         self.columns = columns  # file column -> DuckDB type
+
+    @property
+    def key(self) -> str:
+        return list(self.partitions)[-1]
 
     @property
     def all_columns(self) -> dict[str, str]:
@@ -60,7 +85,26 @@ _VIEWS = (
     ),
 )
 _ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32()}
-_FILE_SCHEMAS = {"scores": SCORES_SCHEMA, "trace": TRACE_SCHEMA}
+# What each view's files must hold (vectors: any width), and what the Arrow datasets read them
+# as: a list<float32> holds every width, and DuckDB's Arrow scan cannot take float16.
+_FILE_SCHEMAS = {"scores": SCORES_SCHEMA, "trace": TRACE_SCHEMA, "vectors": vectors_schema(1)}
+_DATASET_SCHEMAS = {
+    "scores": SCORES_SCHEMA,
+    "trace": TRACE_SCHEMA,
+    "vectors": pa.schema([("example_id", pa.int64()), ("vector", pa.list_(pa.float32()))]),
+}
+# Paths DuckDB reads literally: no glob characters ([ * ? { } \), no '=' for its hive parser.
+_PLAIN_PATH = re.compile(r"[\w/.,:+@%~ -]*")
+# A manifest changed within this many seconds of the listing may change again within the
+# filesystem's timestamp granularity unseen: such a runs table is rebuilt at the next query.
+_RACY_S = 2.0
+# Errors about the query's own SQL, not about a file: no full check of the files for these.
+_QUERY_ERRORS = (
+    duckdb.ParserException,
+    duckdb.BinderException,
+    duckdb.CatalogException,
+    duckdb.SyntaxException,
+)
 
 
 def _literal(text: str) -> str:
@@ -72,24 +116,37 @@ class SqlEngine:
 
     Args:
         sfs: the store's filesystem and root.
-        runs_table: returns the current ``runs`` table (one row per manifest); called per query.
+        runs_table: returns the current ``runs`` table (one row per manifest); called when the
+            manifests changed.
     """
 
     def __init__(self, sfs: StoreFS, runs_table: Callable[[], pa.Table]) -> None:
         self._sfs = sfs
         self._runs_table = runs_table
-        self._lock = threading.Lock()
-        self._has_files: dict[str, bool] = {}
+        self._lock = threading.RLock()
+        self._streaming = False
+        self._native = sfs.is_local and bool(_PLAIN_PATH.fullmatch(sfs.root))
+        # Per view: the files of the last attempt to build it, and of the view that stands.
+        self._listed: dict[str, tuple[str, ...]] = {view.name: () for view in _VIEWS}
+        self._built: dict[str, tuple[str, ...] | None] = {view.name: None for view in _VIEWS}
+        self._runs_signature: tuple | None = None
+        self._checked: dict[str, tuple | None] = {}  # path -> version found readable
+        self._skipped: dict[str, tuple | None] = {}  # path -> version found unreadable
         self._con = duckdb.connect(":memory:")
         # DuckDB adds its temp directory (default ``<cwd>/.tmp``) to allowed_directories by itself,
         # which would make that directory readable and listable: run without one (queries that
         # outgrow DuckDB's memory limit fail instead of spilling). It must be set before external
         # access is switched off, which freezes it.
         self._con.execute("SET temp_directory = ''")
-        allowed = [sfs.root + "/"] if sfs.is_local else []
+        allowed = [sfs.root + "/"] if self._native else []
         self._con.execute("SET allowed_directories = ?", [allowed])
+        # DuckDB draws its progress bar on stdout even when that is a pipe or a file, where it
+        # would land inside `winnow sql` output of a slow query.
+        self._con.execute("SET enable_progress_bar = false")
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
+
+    # ------------------------------------------------------------------------------ queries
 
     def sql(self, query: str) -> pa.Table:
         """Run one or more ``;``-separated queries; return the last one's result as Arrow.
@@ -97,81 +154,194 @@ class SqlEngine:
         Raises:
             TypeError: ``query`` is not a str.
             ReadOnlyQueryError: a statement is not a plain query (nothing has run).
-            duckdb.Error: DuckDB's own errors (syntax, unknown column, unreadable file, ...).
+            duckdb.Error: DuckDB's own errors (syntax, unknown column, ...).
         """
+        statements = self._statements(query)
+        with self._lock:
+            return self._recovering(lambda: self._run(statements).to_arrow_table())
+
+    @contextlib.contextmanager
+    def stream(self, query: str, *, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
+        """Like ``sql``, but the last result comes as a reader of record batches of at most
+        ``batch_rows`` rows, computed as they are read; leaving the block stops the query. The
+        connection is held until then: another query from this thread raises RuntimeError."""
+        statements = self._statements(query)
+        with self._lock:
+
+            def start() -> tuple[pa.RecordBatchReader, list[pa.RecordBatch]]:
+                reader = self._run(statements).to_arrow_reader(batch_rows)
+                try:  # the first batch starts the scan: errors about files surface here
+                    return reader, [reader.read_next_batch()]
+                except StopIteration:
+                    return reader, []
+
+            reader, first = self._recovering(start)
+            self._streaming = True
+            try:
+                yield pa.RecordBatchReader.from_batches(
+                    reader.schema, itertools.chain(first, reader)
+                )
+            finally:
+                self._streaming = False
+                reader.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _statements(self, query: str) -> list:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         with self._lock:
+            self._check_not_streaming()
             statements = self._con.extract_statements(query)
-            if not statements:
-                raise ValueError("empty SQL query")
-            for statement in statements:
-                if statement.type != duckdb.StatementType.SELECT:
-                    raise ReadOnlyQueryError(
-                        f"only queries (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE) "
-                        f"are allowed on the score store; refused a {statement.type.name} "
-                        f"statement: {statement.query.strip()[:200]!r}"
-                    )
-            self._refresh()
-            result = None
-            for statement in statements:
-                result = self._con.sql(statement.query).to_arrow_table()
-            return result
+        if not statements:
+            raise ValueError("empty SQL query")
+        for statement in statements:
+            if statement.type != duckdb.StatementType.SELECT:
+                raise ReadOnlyQueryError(
+                    f"only queries (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE) "
+                    f"are allowed on the score store; refused a {statement.type.name} "
+                    f"statement: {statement.query.strip()[:200]!r}"
+                )
+        return statements
+
+    def _check_not_streaming(self) -> None:
+        if self._streaming:
+            raise RuntimeError("finish reading the open SQL result stream before another query")
+
+    def _run(self, statements: list) -> duckdb.DuckDBPyRelation:
+        """Refresh the views, run every statement, return the last one's relation."""
+        self._refresh()
+        for statement in statements[:-1]:
+            with contextlib.closing(self._con.sql(statement.query).to_arrow_reader()) as reader:
+                for _ in reader:  # run it for its errors; its rows are not kept
+                    pass
+        return self._con.sql(statements[-1].query)
+
+    def _recovering(self, attempt: Callable[[], _T]) -> _T:
+        """``attempt()``; when it fails on a store file, skip the file(s) and try again."""
+        while True:
+            try:
+                return attempt()
+            except (duckdb.Error, pa.ArrowException) as exc:
+                if not self._skip_unreadable(exc):
+                    raise
+
+    # ------------------------------------------------------------------------------ files
+
+    def _skip_unreadable(self, error: Exception) -> bool:
+        """Check the files that may have caused ``error``; skip the bad ones. True if any was.
+
+        Suspects, in order, until one is bad: the files DuckDB's message names (it may also name
+        a good one, e.g. the file a mismatching schema came from); the first file of each view
+        (DuckDB takes a view's schema from it); then, unless the error is about the query's own
+        SQL, every file not checked yet. A file DuckDB alone named but whose footer is fine (a
+        damaged page) is skipped on DuckDB's word.
+        """
+        message = str(error)
+        included = {path: view for view, files in self._listed.items() for path in files}
+        named = [path for path in included if path in message]
+        suspects = [*named, *(files[0] for files in self._listed.values() if files)]
+        if not isinstance(error, _QUERY_ERRORS):
+            suspects += [path for path in included if path not in self._checked]
+        found = False
+        for path in dict.fromkeys(suspects):
+            if found and path not in named:
+                break
+            reason = self._check_file(path, included[path])
+            if reason is not None:
+                self._skip(path, reason)
+                found = True
+        if not found and len(named) == 1:
+            self._skip(named[0], message.splitlines()[0])
+            found = True
+        return found
+
+    def _check_file(self, path: str, view: str) -> str | None:
+        """Why DuckDB cannot read ``path`` as a file of ``view``, or None if its footer is fine."""
+        version = self._sfs.version(path)
+        try:
+            with self._sfs.fs.open_input_file(path) as source:
+                found = pq.ParquetFile(source).schema_arrow
+            check_schema(path, found, _FILE_SCHEMAS[view], exact=view != "vectors")
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        self._checked[path] = version
+        return None
+
+    def _skip(self, path: str, reason: str) -> None:
+        self._skipped[path] = self._sfs.version(path)
+        self._checked.pop(path, None)
+        warnings.warn(f"skipping unreadable file {path}: {reason}", StoreWarning, stacklevel=2)
+
+    def _readable(self, paths: list[str]) -> tuple[str, ...]:
+        """``paths`` without the skipped files, unless one was rewritten since."""
+        listed = set(paths)
+        for path in [p for p in self._skipped if p in listed]:
+            if self._sfs.version(path) != self._skipped[path]:
+                del self._skipped[path]
+        return tuple(p for p in paths if p not in self._skipped)
+
+    # ------------------------------------------------------------------------------ views
 
     def _refresh(self) -> None:
+        self._refresh_runs()
+        for view in _VIEWS:
+            files = self._readable(self._sfs.committed_shards(view.name, view.key))
+            self._listed[view.name] = files
+            if files == self._built[view.name]:
+                continue
+            self._built[view.name] = None  # until the new view stands
+            if not files:
+                self._create_empty(view)
+            elif self._native:
+                self._create_native(view, files)
+            else:
+                self._create_dataset(view, files)
+            self._built[view.name] = files
+
+    def _refresh_runs(self) -> None:
+        infos = self._sfs.list_dir(self._sfs.path("runs"))
+        manifests = tuple((i.base_name, i.size, i.mtime_ns) for i in infos)
+        data_runs = tuple(
+            tuple(self._sfs.partitions(self._sfs.path(view.name), "run")) for view in _VIEWS
+        )
+        signature = (manifests, data_runs)
+        if signature == self._runs_signature:
+            return
         self._con.register("_runs_table", self._runs_table())
         self._con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs_table")
-        for view in _VIEWS:
-            if self._sfs.is_local:
-                self._refresh_local(view)
-            else:
-                self._refresh_dataset(view)
+        newest = max((m[2] or 0 for m in manifests), default=0) / 1e9
+        racy = newest > time.time() - _RACY_S or any(m[2] is None for m in manifests)
+        self._runs_signature = None if racy else signature
 
-    def _refresh_local(self, view: _View) -> None:
-        # A glob view stays valid as files come and go; only an empty view needs re-checking.
-        if self._has_files.get(view.name):
-            return
-        base = self._sfs.path(view.name)
-        if self._sfs.has_any_file(base):
-            depth = "/".join(f"{key}=*" for key in view.partitions)
-            hive_types = ", ".join(f"{_literal(k)}: {t}" for k, t in view.partitions.items())
-            source = (
-                f"read_parquet({_literal(f'{base}/{depth}/{SHARD_GLOB}')}, "
-                f"hive_partitioning = true, hive_types = {{{hive_types}}})"
-            )
-            self._create(view, source)
-            self._has_files[view.name] = True
-        else:
-            self._create_empty(view)
+    def _create_native(self, view: _View, files: tuple[str, ...]) -> None:
+        hive_types = ", ".join(f"{_literal(k)}: {t}" for k, t in view.partitions.items())
+        listed = ", ".join(map(_literal, files))
+        self._create(
+            view,
+            f"read_parquet([{listed}], hive_partitioning = true, hive_types = {{{hive_types}}})",
+        )
 
-    def _refresh_dataset(self, view: _View) -> None:
-        base = self._sfs.path(view.name)
-        if not self._sfs.has_any_file(base):
-            self._create_empty(view)
-            return
+    def _create_dataset(self, view: _View, files: tuple[str, ...]) -> None:
         keys = pa.schema([(k, _ARROW_TYPES[t]) for k, t in view.partitions.items()])
-        file_schema = _FILE_SCHEMAS.get(view.name)  # vectors: inferred, the width varies
         dataset = ds.dataset(
-            base,
+            list(files),
             filesystem=self._sfs.fs,
             format="parquet",
-            schema=None if file_schema is None else pa.unify_schemas([file_schema, keys]),
+            schema=pa.unify_schemas([_DATASET_SCHEMAS[view.name], keys]),
             partitioning=ds.partitioning(keys, flavor="hive"),
+            partition_base_dir=self._sfs.path(view.name),
         )
         table_name = f"_{view.name}_dataset"
         self._con.register(table_name, dataset)
         self._create(view, table_name)
 
     def _create(self, view: _View, source: str) -> None:
-        columns = ", ".join(
-            f'CAST("{c}" AS {t}) AS "{c}"' if c == "vector" else f'"{c}"'
-            for c, t in view.all_columns.items()
-        )
+        # Every column cast to its declared type: DuckDB takes a view's types from its first file.
+        columns = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in view.all_columns.items())
         self._con.execute(f"CREATE OR REPLACE VIEW {view.name} AS SELECT {columns} FROM {source}")
 
     def _create_empty(self, view: _View) -> None:
         columns = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in view.all_columns.items())
         self._con.execute(f"CREATE OR REPLACE VIEW {view.name} AS SELECT {columns} WHERE false")
-
-    def close(self) -> None:
-        self._con.close()
