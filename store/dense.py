@@ -87,6 +87,8 @@ def read_dense(
             try:
                 source = stack.enter_context(sfs.fs.open_input_file(path))
                 parquet = pq.ParquetFile(source)
+            except PermissionError:  # not corruption: the caller sees it as it is
+                raise
             except (OSError, pa.ArrowException) as exc:
                 raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
             check_schema(path, parquet.schema_arrow, SCORES_SCHEMA)
@@ -100,6 +102,8 @@ def read_dense(
         def decode(path: str, parquet: pq.ParquetFile, row_group: int) -> pa.Table:
             try:
                 return parquet.read_row_group(row_group, columns=_COLUMNS)
+            except PermissionError:  # not corruption: the caller sees it as it is
+                raise
             except (OSError, pa.ArrowException) as exc:
                 raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
 

@@ -183,6 +183,10 @@ class SqlEngine:
                 )
             finally:
                 self._streaming = False
+                # Closing alone can run the rest of the query first (measured: 5e7 rows read
+                # 3 at a time, ~400 MB and 3 s on close); interrupting stops it. An interrupt
+                # with nothing running is a no-op.
+                self._con.interrupt()
                 reader.close()
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import warnings
 from collections.abc import Mapping
@@ -275,10 +277,50 @@ class ScoreStore:
     def sql(self, query: str) -> pa.Table:
         """Run a read-only SQL query over the views ``scores(run, metric, example_id, value)``,
         ``trace(run, epoch, example_id, loss, kept, weight)``, ``vectors(run, name, example_id,
-        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``."""
+        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``.
+
+        A data file that cannot be read is skipped with a ``StoreWarning`` naming it."""
+        return self._sql_engine().sql(query)
+
+    def sql_reader(
+        self, query: str, *, batch_rows: int = 16384
+    ) -> contextlib.AbstractContextManager[pa.RecordBatchReader]:
+        """``sql`` as a stream: ``with store.sql_reader(q) as reader: for batch in reader: ...``.
+
+        Rows are computed as the batches (at most ``batch_rows`` rows each) are read, so memory
+        stays bounded whatever the result's size; leaving the block stops the query. Other
+        queries on this store wait until then (from the same thread they raise RuntimeError).
+        """
+        batch_rows = check_nonnegative_int(batch_rows, "batch_rows")
+        if batch_rows == 0:
+            raise ValueError("batch_rows must be >= 1, got 0")
+        return self._sql_engine().stream(query, batch_rows=batch_rows)
+
+    def _sql_engine(self) -> SqlEngine:
         if self._engine is None:
             self._engine = SqlEngine(self._sfs, self._runs_table)
-        return self._engine.sql(query)
+        return self._engine
+
+    def require_root(self) -> None:
+        """Raise unless the root is an existing directory.
+
+        Reads and SQL see a missing root as an empty store (a store is created by its first
+        write); a command that only reads calls this first, so that a mistyped path is an error
+        rather than an empty answer.
+
+        Raises:
+            FileNotFoundError: nothing exists at the root.
+            NotADirectoryError: the root is a file.
+        """
+        found = self._sfs.fs.get_file_info(self._sfs.root).type
+        if found == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                errno.ENOENT, f"score store root {self._sfs.root} does not exist"
+            )
+        if found != pafs.FileType.Directory:
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"score store root {self._sfs.root} is not a directory"
+            )
 
     # ----------------------------------------------------------------------------- runs
 

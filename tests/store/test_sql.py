@@ -342,3 +342,18 @@ def test_sql_skips_an_unreadable_shard_with_a_warning(tmp_path, kind, corruption
     store.write("a", "loss", [7], [1.0], shard=shard)  # a rewritten shard is read again
     got = store.sql("SELECT count(*) AS n FROM scores WHERE run = 'a'")["n"][0].as_py()
     assert got == left["n"] + 1
+
+
+def test_sql_reader_streams_batches_and_then_frees_the_connection(store):
+    _fill(store)
+    with store.sql_reader("SELECT range AS i FROM range(100000)", batch_rows=1000) as reader:
+        assert reader.read_next_batch().num_rows <= 1000
+        with pytest.raises(RuntimeError, match="finish reading"):
+            store.sql("SELECT 1")
+    assert store.sql("SELECT count(*) AS n FROM scores")["n"][0].as_py() == 7
+    _truncate(f"{store.root}/scores/run=2024/metric=loss/shard-00000.parquet")
+    with pytest.warns(StoreWarning, match="run=2024/metric=loss/shard-00000.parquet"):
+        with store.sql_reader("SELECT example_id FROM scores ORDER BY run, example_id") as reader:
+            assert reader.read_all()["example_id"].to_pylist() == [3, 4, 5, 0]
+    with pytest.raises(ValueError, match="batch_rows must be >= 1"):
+        store.sql_reader("SELECT 1", batch_rows=0)
