@@ -1,6 +1,7 @@
 """``winnow report`` and ``winnow bench`` subcommands.
 
-``report`` renders the store's runs into one HTML page (see ``pipelines.report``).
+``report`` renders the store's runs into one HTML page (see ``pipelines.report``); its errors,
+warnings and exit statuses follow the store commands' (``pipelines._store_cli``).
 ``bench`` runs the time-to-accuracy benchmark, ``benchmarks/outcomes.py``. That directory is
 not part of the wheel, so ``bench`` works from a source checkout (editable install, run from the
 repository root) and says so clearly otherwise. Its arguments are handed to the benchmark's own
@@ -14,12 +15,16 @@ import importlib
 import sys
 from pathlib import Path
 
+from winnow.pipelines._store_cli import open_store, store_command
+
 __all__ = ["register"]
 
 
+@store_command("report")
 def _run_report(args: argparse.Namespace) -> int:
     from winnow.pipelines.report import write_report
 
+    open_store(args.store)  # a missing root is an error, not an empty report
     out = write_report(args.store, args.out, args.run or None, top_k=args.top_k)
     print(f"wrote {out}")
     return 0
