@@ -10,21 +10,31 @@ The connection is in-memory and read-only toward the files, by two independent m
    external access is switched off and the configuration is locked, so even a query cannot read
    or list other files or load extensions.
 
-Each query first lists the committed shard files (``kind/run=R/key=V/shard-N.parquet``; never
-temporary files) and rebuilds a view only when its list changed, so files that other processes
-add or remove are seen by the next query. Views name their files explicitly rather than by a
-glob: DuckDB's globs would read ``[``, ``*``, ``?`` and ``\\`` in the store's path as patterns
-(and its hive parser takes ``key=value`` parts of the path as columns). DuckDB reads the files
-itself when the store is local and its path is plain; otherwise (another pyarrow filesystem, a
-path with such characters) the views go through Arrow datasets, with float16 vectors cast to
-float32 on the way, since DuckDB's Arrow scan lacks float16. The ``runs`` view is rebuilt when a
-manifest changed.
+Views see only committed shard files (``kind/run=R/key=V/shard-N.parquet``; never temporary
+files), and each query sees the files as they are when it starts, whoever wrote or removed them:
+
+- DuckDB reads the files itself when the store is local and its path is plain (letters, digits,
+  ``/ _ . , : + @ % ~ -`` and spaces). A view is then a glob over the shards, which finds new
+  and removed files by itself; a view with no files is an empty view with the right columns,
+  re-checked at each query; one whose files all vanished is rebuilt empty.
+- Any other root goes through Arrow datasets over the listed files, listed again at each query
+  (a view is rebuilt when its list changed): another pyarrow filesystem (S3, ...), and a local
+  path with glob characters (``[ * ? { } \\``) or ``=``. DuckDB's globs would read those as
+  patterns (``a[1]`` reads a sibling ``a1``; a backslash is a path separator to them), its hive
+  parser would take a ``run=x`` part of the root for the run, and ``allowed_directories``
+  compares the pattern, not the files it matches, so DuckDB gets no file access at all there.
+  Arrow datasets read vectors as ``list<float32>``: DuckDB's Arrow scan has no float16.
+- The ``runs`` view is rebuilt when a manifest or run directory changed (a manifest changed
+  under two seconds ago is read again at the next query too: some filesystems keep coarser
+  timestamps).
 
 A file DuckDB cannot read (truncated, foreign schema, unreadable) would otherwise fail every
-query over its view. When a query fails, the files DuckDB names, the file each view takes its
-schema from and, unless the error is about the query's own SQL, the other files not yet checked
-are checked; the bad ones are left out with a ``StoreWarning`` naming them and the query runs
-again. A rewritten file is read again.
+query over its view. When a query fails, the suspect files are checked (``SqlEngine._recover``);
+the bad ones are left out with a ``StoreWarning`` naming them, their view then names its other
+files explicitly, and the query runs again. A skipped file that is rewritten is read again.
+Nothing is checked while queries succeed, so a healthy store pays nothing for this. Arrow
+datasets read a foreign file's missing columns as NULL rather than failing, so off the native
+path such a file is not caught.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from winnow.store.layout import StoreFS
 __all__ = ["SqlEngine"]
 
 _T = TypeVar("_T")
+_GLOB = "glob"  # a native view reading every committed shard through DuckDB's glob
 
 
 class _View:
@@ -126,9 +137,10 @@ class SqlEngine:
         self._lock = threading.RLock()
         self._streaming = False
         self._native = sfs.is_local and bool(_PLAIN_PATH.fullmatch(sfs.root))
-        # Per view: the files of the last attempt to build it, and of the view that stands.
+        # Per view: the files of the last listing, and what the standing view reads: _GLOB,
+        # the files it names, or None (no view yet, or one to rebuild).
         self._listed: dict[str, tuple[str, ...]] = {view.name: () for view in _VIEWS}
-        self._built: dict[str, tuple[str, ...] | None] = {view.name: None for view in _VIEWS}
+        self._built: dict[str, object] = {view.name: None for view in _VIEWS}
         self._runs_signature: tuple | None = None
         self._checked: dict[str, tuple | None] = {}  # path -> version found readable
         self._skipped: dict[str, tuple | None] = {}  # path -> version found unreadable
@@ -228,38 +240,48 @@ class SqlEngine:
             try:
                 return attempt()
             except (duckdb.Error, pa.ArrowException) as exc:
-                if not self._skip_unreadable(exc):
+                if not self._recover(exc):
                     raise
 
     # ------------------------------------------------------------------------------ files
 
-    def _skip_unreadable(self, error: Exception) -> bool:
-        """Check the files that may have caused ``error``; skip the bad ones. True if any was.
+    def _recover(self, error: Exception) -> bool:
+        """After a failed query: rebuild what ``error`` shows to be stale, skip unreadable files.
+        True if anything changed, so that the query is worth running again.
 
-        Suspects, in order, until one is bad: the files DuckDB's message names (it may also name
-        a good one, e.g. the file a mismatching schema came from); the first file of each view
-        (DuckDB takes a view's schema from it); then, unless the error is about the query's own
-        SQL, every file not checked yet. A file DuckDB alone named but whose footer is fine (a
-        damaged page) is skipped on DuckDB's word.
+        A glob view whose files were all removed fails ("No files found"): it becomes empty.
+        Then the suspects, in order, until one is bad: the files DuckDB's message names (it may
+        also name a good one, e.g. the file a mismatching schema came from); the first file of
+        each view (DuckDB takes a view's schema from it); then, unless the error is about the
+        query's own SQL, every file not checked yet. A file DuckDB alone named but whose footer
+        is fine (a damaged page) is skipped on DuckDB's word.
         """
+        for view in _VIEWS:
+            self._listed[view.name] = self._readable(view)
+        vanished = [v for v, files in self._listed.items() if self._built[v] == _GLOB and not files]
+        for name in vanished:
+            self._built[name] = None
+        if vanished:
+            return True
         message = str(error)
         included = {path: view for view, files in self._listed.items() for path in files}
         named = [path for path in included if path in message]
         suspects = [*named, *(files[0] for files in self._listed.values() if files)]
         if not isinstance(error, _QUERY_ERRORS):
             suspects += [path for path in included if path not in self._checked]
-        found = False
+        found = []
         for path in dict.fromkeys(suspects):
             if found and path not in named:
                 break
             reason = self._check_file(path, included[path])
             if reason is not None:
-                self._skip(path, reason)
-                found = True
+                found.append((path, reason))
         if not found and len(named) == 1:
-            self._skip(named[0], message.splitlines()[0])
-            found = True
-        return found
+            found.append((named[0], message.splitlines()[0]))
+        for path, reason in found:
+            self._skip(path, reason)
+            self._built[included[path]] = None
+        return bool(found)
 
     def _check_file(self, path: str, view: str) -> str | None:
         """Why DuckDB cannot read ``path`` as a file of ``view``, or None if its footer is fine."""
@@ -278,8 +300,9 @@ class SqlEngine:
         self._checked.pop(path, None)
         warnings.warn(f"skipping unreadable file {path}: {reason}", StoreWarning, stacklevel=2)
 
-    def _readable(self, paths: list[str]) -> tuple[str, ...]:
-        """``paths`` without the skipped files, unless one was rewritten since."""
+    def _readable(self, view: _View) -> tuple[str, ...]:
+        """The view's committed files without the skipped ones (unless rewritten since)."""
+        paths = self._sfs.committed_shards(view.name, view.key)
         listed = set(paths)
         for path in [p for p in self._skipped if p in listed]:
             if self._sfs.version(path) != self._skipped[path]:
@@ -289,20 +312,37 @@ class SqlEngine:
     # ------------------------------------------------------------------------------ views
 
     def _refresh(self) -> None:
+        """Bring the views up to date with the files (see the module's docstring)."""
         self._refresh_runs()
         for view in _VIEWS:
-            files = self._readable(self._sfs.committed_shards(view.name, view.key))
+            if self._built[view.name] == _GLOB:
+                continue  # DuckDB's glob finds new and removed files by itself
+            files = self._readable(view)
             self._listed[view.name] = files
+            complete = not any(self._under(view, path) for path in self._skipped)
+            if self._native and files and complete:
+                self._built[view.name] = None  # until the new view stands
+                self._create_native(view, self._glob(view))
+                self._built[view.name] = _GLOB
+                continue
             if files == self._built[view.name]:
                 continue
-            self._built[view.name] = None  # until the new view stands
+            self._built[view.name] = None
             if not files:
                 self._create_empty(view)
             elif self._native:
-                self._create_native(view, files)
+                self._create_native(view, "[" + ", ".join(map(_literal, files)) + "]")
             else:
                 self._create_dataset(view, files)
             self._built[view.name] = files
+
+    def _under(self, view: _View, path: str) -> bool:
+        return path.startswith(self._sfs.path(view.name) + "/")
+
+    def _glob(self, view: _View) -> str:
+        """A glob of the view's committed shards; only for a plain root (no glob characters)."""
+        depth = "/".join(f"{key}=*" for key in view.partitions)
+        return _literal(f"{self._sfs.path(view.name)}/{depth}/shard-*.parquet")
 
     def _refresh_runs(self) -> None:
         infos = self._sfs.list_dir(self._sfs.path("runs"))
@@ -319,12 +359,12 @@ class SqlEngine:
         racy = newest > time.time() - _RACY_S or any(m[2] is None for m in manifests)
         self._runs_signature = None if racy else signature
 
-    def _create_native(self, view: _View, files: tuple[str, ...]) -> None:
+    def _create_native(self, view: _View, files: str) -> None:
+        """A view DuckDB reads itself; ``files`` is a glob or a list literal of paths."""
         hive_types = ", ".join(f"{_literal(k)}: {t}" for k, t in view.partitions.items())
-        listed = ", ".join(map(_literal, files))
         self._create(
             view,
-            f"read_parquet([{listed}], hive_partitioning = true, hive_types = {{{hive_types}}})",
+            f"read_parquet({files}, hive_partitioning = true, hive_types = {{{hive_types}}})",
         )
 
     def _create_dataset(self, view: _View, files: tuple[str, ...]) -> None:
