@@ -1,4 +1,5 @@
-"""How the store's commands (``sql``, ``runs``, ``shell``, ``report``) fail, warn and stop.
+"""How the store's commands (``sql``, ``runs``, ``shell``, ``report``) fail, warn and stop
+(docs/store.md).
 
 - An ``OSError`` (permission denied, a directory given as ``--output``, a missing or non-directory
   store root) is one line, ``winnow <command>: error: <what>: <path>``, and exit status 1.

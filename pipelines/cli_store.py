@@ -5,7 +5,7 @@ Queries see the views ``scores(run, metric, example_id, value)``, ``trace(run, e
 example_id, loss, kept, weight)``, ``vectors(run, name, example_id, vector)`` and ``runs``; they
 cannot write files. Results are streamed: ``--format table`` fetches only the rows it shows, and
 the other formats write batch by batch. Errors, warnings and a closed pipe follow
-``pipelines._store_cli``.
+``pipelines._store_cli``. See docs/store.md.
 """
 
 from __future__ import annotations

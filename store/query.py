@@ -1,4 +1,5 @@
-"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``runs``.
+"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``runs``
+(docs/store.md, "SQL").
 
 The connection is in-memory and read-only toward the files, by two independent mechanisms:
 
@@ -55,7 +56,7 @@ import pyarrow.parquet as pq
 
 from winnow.store.errors import ReadOnlyQueryError, StoreWarning
 from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, check_schema, vectors_schema
-from winnow.store.layout import StoreFS
+from winnow.store.layout import SHARD_GLOB, StoreFS
 
 __all__ = ["SqlEngine"]
 
@@ -342,7 +343,7 @@ class SqlEngine:
     def _glob(self, view: _View) -> str:
         """A glob of the view's committed shards; only for a plain root (no glob characters)."""
         depth = "/".join(f"{key}=*" for key in view.partitions)
-        return _literal(f"{self._sfs.path(view.name)}/{depth}/shard-*.parquet")
+        return _literal(f"{self._sfs.path(view.name)}/{depth}/{SHARD_GLOB}")
 
     def _refresh_runs(self) -> None:
         infos = self._sfs.list_dir(self._sfs.path("runs"))
