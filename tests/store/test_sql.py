@@ -179,9 +179,12 @@ def test_nothing_outside_the_store_is_readable_or_listable(tmp_path, monkeypatch
     monkeypatch.chdir(cwd)
     store = ScoreStore(tmp_path / "store")
     _fill(store)
+    off_disk = _subtree_store(tmp_path / "fs")  # DuckDB reads no file itself there
+    _fill(off_disk)
     for place in [*places, "/tmp", f"{store.root}/.."]:
-        with pytest.raises(duckdb.Error, match="disabled by configuration"):
-            store.sql(reader.format(path=place))
+        for queried in (store, off_disk):
+            with pytest.raises(duckdb.Error, match="disabled by configuration"):
+                queried.sql(reader.format(path=place))
     settings = store.sql(
         "SELECT current_setting('allowed_directories') AS a, "
         "current_setting('enable_progress_bar') AS bar"  # it would print into piped output
