@@ -107,9 +107,10 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     store = _open_store(args)
     if args.format == "parquet" and args.output is None and sys.stdout.isatty():
         raise ValueError("refusing to write binary Parquet to a terminal; use --output FILE")
-    batch_rows = min(max(args.max_rows + 1, 1), _BATCH_ROWS) if args.format == "table" else None
+    # The table format shows max_rows rows and needs one more to know whether there are more.
+    batch_rows = min(args.max_rows + 1, _BATCH_ROWS) if args.format == "table" else _BATCH_ROWS
     try:
-        with store.sql_reader(args.query, batch_rows=batch_rows or _BATCH_ROWS) as reader:
+        with store.sql_reader(args.query, batch_rows=batch_rows) as reader:
             with _output(args.output, binary=args.format == "parquet") as out:
                 write_stream(reader, args.format, out, max_rows=args.max_rows)
     except duckdb.Error as exc:
