@@ -4,7 +4,7 @@
 - An ``OSError`` (permission denied, a directory given as ``--output``, a missing or non-directory
   store root) is one line, ``winnow <command>: error: <what>: <path>``, and exit status 1.
 - A ``StoreWarning`` (a skipped manifest or data file) is one line,
-  ``winnow <command>: warning: ...``, and the command goes on.
+  ``winnow <command>: warning: ...``, printed once, and the command goes on.
 - A reader that closes the pipe (``winnow sql ... | head``) ends the command quietly with the
   status of a process killed by SIGPIPE (141), as ``cat`` does.
 
@@ -53,9 +53,13 @@ def open_store(root: str):
 def _warnings_as_lines(prog: str) -> Iterator[None]:
     from winnow.store import StoreWarning
 
+    shown = set()  # a manifest is read again at later queries: say it once
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(str(message).splitlines())
-        print(f"{prog}: warning: {text}", file=sys.stderr)
+        if text not in shown:
+            shown.add(text)
+            print(f"{prog}: warning: {text}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", StoreWarning)
