@@ -1,6 +1,7 @@
 """``winnow report`` and ``winnow bench`` subcommands.
 
-``report`` renders the store's runs into one HTML page (see ``pipelines.report``).
+``report`` renders the store's runs into one HTML page (see ``pipelines.report``); its errors,
+warnings and exit statuses follow the store commands' (``pipelines._store_cli``).
 ``bench`` runs the time-to-accuracy benchmark (``winnow.pipelines.bench``). Its arguments are
 handed to the benchmark's own parser unchanged, so ``winnow bench --help`` shows the benchmark's
 options.
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 
+from winnow.pipelines._store_cli import open_store, store_command
+
 __all__ = ["register"]
 
 
+@store_command("report")
 def _run_report(args: argparse.Namespace) -> int:
     from winnow.pipelines.report import write_report
 
+    open_store(args.store)  # a missing root is an error, not an empty report
     out = write_report(args.store, args.out, args.run or None, top_k=args.top_k)
     print(f"wrote {out}")
     return 0

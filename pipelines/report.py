@@ -17,9 +17,11 @@ once every image has decoded, which the browser test checks.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import html
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import numpy as np
 
 from winnow.pipelines import _report_figures as figures
 from winnow.pipelines import _report_queries as q
+from winnow.store import StoreWarning
 
 __all__ = ["render_report", "write_report"]
 
@@ -181,9 +184,30 @@ def render_report(
         top_k: how many highest/lowest examples to list per metric.
     Raises:
         ValueError: a requested run has neither scores nor a trace, or the store is empty.
+
+    A manifest or data file the store skips (``StoreWarning``) is named at the top of the page
+    and warned about as usual; the rest of the store is reported.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        body = _render(store, runs, top_k, title)
+    skipped = []
+    for w in caught:  # shown as usual, and named on the page: its figures lack their rows
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        if issubclass(w.category, StoreWarning):
+            skipped.append(str(w.message))
+    if skipped:
+        note = "".join(f"<li>{html.escape(text)}</li>" for text in dict.fromkeys(skipped))
+        body = body.replace(_SKIPPED_MARK, f"<p class='note'>Left out:</p><ul>{note}</ul>")
+    return body.replace(_SKIPPED_MARK, "")
+
+
+_SKIPPED_MARK = "<!-- skipped -->"
+
+
+def _render(store: Any, runs: Sequence[str] | None, top_k: int, title: str | None) -> str:
     available = q.available_runs(store)
     if runs is None:
         selected = list(available)
@@ -203,6 +227,7 @@ def render_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(heading)}</title>",
         f"<style>{_STYLE}</style></head><body data-images='pending'>",
         f"<h1>{html.escape(heading)}</h1><p class='note'>generated {now}</p>",
+        _SKIPPED_MARK,
     ]
     manifests = {m.get("name"): m for m in store.runs()}
     rows = [[manifests[r].get(k) for k in _MANIFEST_KEYS] for r in selected if r in manifests]
@@ -231,9 +256,15 @@ def write_report(
     page = render_report(ScoreStore(root), runs, top_k=top_k, title=f"winnow report: {root}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out))
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-report-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-    os.replace(tmp, out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out

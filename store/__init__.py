@@ -10,6 +10,7 @@ from winnow.store.errors import (
     CorruptFileError,
     ReadOnlyQueryError,
     StoreLookupError,
+    StoreWarning,
     UnknownMetricError,
     UnknownRunError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "ReadOnlyQueryError",
     "ScoreStore",
     "StoreLookupError",
+    "StoreWarning",
     "TraceWriter",
     "UnknownMetricError",
     "UnknownRunError",

@@ -24,6 +24,33 @@ from winnow.store.layout import StoreFS
 __all__ = ["read_dense"]
 
 _COLUMNS = SCORES_SCHEMA.names
+_BYTES_PER_SLOT = 5  # a float32 value and a bool "present" flag per possible id
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(num_examples: int, given: bool, label: str) -> None:
+    """Refuse a dense read larger than physical memory before allocating anything."""
+    need = num_examples * _BYTES_PER_SLOT
+    memory = _memory_bytes()
+    if memory is None or need <= memory:
+        return
+    source = (
+        f"num_examples={num_examples}"
+        if given
+        else f"num_examples = largest stored example_id {num_examples - 1} + 1"
+    )
+    raise ValueError(
+        f"{label}: a dense read needs {source} slots, {need} bytes ({need / 2**30:.3g} GiB, "
+        f"{_BYTES_PER_SLOT} per slot), more than this machine's {memory / 2**30:.3g} GiB of "
+        "memory; read the stored rows with read_table(run, metric) instead"
+    )
 
 
 def _max_id(path: str, parquet: pq.ParquetFile) -> int:
@@ -51,7 +78,8 @@ def read_dense(
 
     Raises:
         CorruptFileError: a file is unreadable or has the wrong schema.
-        ValueError: an id outside ``[0, N)``, or an id stored by two shards.
+        ValueError: an id outside ``[0, N)``, an id stored by two shards, or N so large that
+            the arrays (5 bytes per slot) would not fit in this machine's physical memory.
     """
     with contextlib.ExitStack() as stack:
         opened = []
@@ -59,17 +87,23 @@ def read_dense(
             try:
                 source = stack.enter_context(sfs.fs.open_input_file(path))
                 parquet = pq.ParquetFile(source)
+            except PermissionError:  # not corruption: the caller sees it as it is
+                raise
             except (OSError, pa.ArrowException) as exc:
                 raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
             check_schema(path, parquet.schema_arrow, SCORES_SCHEMA)
             opened.append((path, parquet))
-        if num_examples is None:
+        given = num_examples is not None
+        if not given:
             num_examples = 1 + max((_max_id(p, f) for p, f in opened), default=-1)
+        _check_fits(num_examples, given, label)
         values = np.full(num_examples, np.nan, dtype=np.float32)
 
         def decode(path: str, parquet: pq.ParquetFile, row_group: int) -> pa.Table:
             try:
                 return parquet.read_row_group(row_group, columns=_COLUMNS)
+            except PermissionError:  # not corruption: the caller sees it as it is
+                raise
             except (OSError, pa.ArrowException) as exc:
                 raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
 

@@ -10,6 +10,7 @@ __all__ = [
     "CorruptFileError",
     "ReadOnlyQueryError",
     "StoreLookupError",
+    "StoreWarning",
     "UnknownMetricError",
     "UnknownRunError",
 ]
@@ -41,3 +42,8 @@ class CorruptFileError(ValueError):
 
 class ReadOnlyQueryError(ValueError):
     """A SQL statement other than a query (COPY, CREATE, ATTACH, INSTALL, SET, ...)."""
+
+
+class StoreWarning(UserWarning):
+    """Something in the store was skipped so that the rest stays usable: a manifest that cannot
+    be read, or a data file that SQL cannot read. The message names the file."""

@@ -87,12 +87,15 @@ def read_checked(sfs: StoreFS, path: str, expected: pa.Schema, *, exact: bool = 
     Raises:
         CorruptFileError: the file is truncated, not Parquet, or has other columns/types, or nulls
             in a non-nullable column; the message names the file.
+        PermissionError: the file may not be read (passed on as it is: it is not corruption).
     """
     try:
         with sfs.fs.open_input_file(path) as source:
             parquet = pq.ParquetFile(source)
             check_schema(path, parquet.schema_arrow, expected, exact=exact)
             table = parquet.read(columns=expected.names)
+    except PermissionError:  # not corruption: the caller sees it as it is
+        raise
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc
     for name in expected.names:
@@ -105,5 +108,7 @@ def count_rows(sfs: StoreFS, path: str) -> int:
     """Number of rows from the Parquet footer (no data read)."""
     try:
         return pq.read_metadata(path, filesystem=sfs.fs).num_rows
+    except PermissionError:  # not corruption: the caller sees it as it is
+        raise
     except (OSError, pa.ArrowException) as exc:
         raise CorruptFileError(path, f"{type(exc).__name__}: {exc}") from exc

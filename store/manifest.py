@@ -82,13 +82,43 @@ def dumps(manifest: dict[str, Any]) -> bytes:
         raise TypeError(f"run manifest must be JSON-serialisable (no NaN): {exc}") from None
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# The fields the ``runs`` view and ``winnow runs`` read, and what each must hold.
+_FIELD_CHECKS = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "kind": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "status": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "created": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "finished": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "num_examples": (lambda v: v is None or _is_count(v), "a non-negative integer or null"),
+    "metrics": (
+        lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+        "a list of strings",
+    ),
+    "row_counts": (
+        lambda v: isinstance(v, dict) and all(map(_is_count, v.values())),
+        "an object of non-negative integers",
+    ),
+    "trace_rows": (_is_count, "a non-negative integer"),
+}
+
+
 def loads(data: bytes, path: str) -> dict[str, Any]:
+    """Parse and check a manifest; a ValueError naming ``path`` and the bad field otherwise."""
     try:
         manifest = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"run manifest {path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or "name" not in manifest:
         raise ValueError(f"run manifest {path} is not a winnow manifest (no 'name' key)")
+    for key, (valid, expected) in _FIELD_CHECKS.items():
+        if key in manifest and not valid(manifest[key]):
+            raise ValueError(
+                f"run manifest {path}: {key!r} must be {expected}, got {manifest[key]!r}"
+            )
     return manifest
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -12,7 +16,7 @@ import pyarrow.fs as pafs
 from winnow.store import manifest as mf
 from winnow.store import vectors as vec
 from winnow.store.dense import read_dense
-from winnow.store.errors import UnknownMetricError, UnknownRunError
+from winnow.store.errors import StoreWarning, UnknownMetricError, UnknownRunError
 from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
 from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
 from winnow.store.query import SqlEngine
@@ -110,31 +114,40 @@ class ScoreStore:
         return len(ids_arr)
 
     def write_table(
-        self, run: str, table: pa.Table, *, shard: int = 0, allow_nan: bool = False
+        self,
+        run: str,
+        table: pa.Table | Mapping[str, object],
+        *,
+        shard: int = 0,
+        allow_nan: bool = False,
     ) -> dict[str, int]:
         """Store several metrics of one shard: ``table`` has ``example_id`` plus metric columns.
 
-        Every column is validated before any file is written; then one file per metric.
+        ``table`` is an Arrow table or a mapping of column name to array-like (numpy, list,
+        tensor). Every column is validated before any file is written; then one file per metric.
 
         Returns:
             ``{metric: rows written}``.
         """
-        if not isinstance(table, pa.Table):
-            table = pa.table(table)
-        if "example_id" not in table.column_names:
-            raise ValueError(f"table needs an 'example_id' column, got {table.column_names}")
-        metrics = [name for name in table.column_names if name != "example_id"]
+        if not isinstance(table, Mapping):
+            if not isinstance(table, pa.Table):
+                table = pa.table(table)
+            table = {name: table.column(name) for name in table.column_names}
+        if "example_id" not in table:
+            raise ValueError(f"table needs an 'example_id' column, got {list(table)}")
+        metrics = [name for name in table if name != "example_id"]
         if not metrics:
             raise ValueError("table needs at least one metric column besides 'example_id'")
         check_name(run, "run")
         shard = check_nonnegative_int(shard, "shard")
-        ids = check_ids(table.column("example_id"))
+        ids = check_ids(table["example_id"])
         columns = {}
         for metric in metrics:
             check_name(metric, "metric")
             columns[metric] = check_values(
-                table.column(metric), f"values of metric {metric!r}", allow_nan=allow_nan
+                table[metric], f"values of metric {metric!r}", allow_nan=allow_nan
             )
+        check_same_length(example_id=ids, **columns)
         ids_array = pa.array(ids)
         for metric, values in columns.items():
             data = pa.Table.from_arrays([ids_array, pa.array(values)], schema=SCORES_SCHEMA)
@@ -145,13 +158,20 @@ class ScoreStore:
     def write_vectors(
         self, run: str, name: str, ids: object, vectors: object, *, shard: int = 0
     ) -> int:
-        """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n."""
+        """Store per-example vectors (e.g. embeddings) as float16 ``[n, d]``; returns n.
+
+        Every shard of one (run, name) has the same width ``d``: a write whose width differs from
+        the other shards' raises ValueError and leaves the store as it was.
+        """
         check_name(run, "run")
         check_name(name, "vector")
         shard = check_nonnegative_int(shard, "shard")
         table = vec.vectors_table(check_ids(ids), vectors)
-        path = f"{self._partition('vectors', run, 'name', name)}/{shard_filename(shard)}"
-        write_parquet(self._sfs, path, table)
+        directory = self._partition("vectors", run, "name", name)
+        width = table.schema.field("vector").type.list_size
+        label = f"vector {name!r} of run {run!r}"
+        vec.check_width(self._sfs, self._sfs.shard_files(directory), shard, width, label)
+        write_parquet(self._sfs, f"{directory}/{shard_filename(shard)}", table)
         return table.num_rows
 
     def remove_temporary_files(self, *, older_than_s: float = 3600.0) -> list[str]:
@@ -257,10 +277,50 @@ class ScoreStore:
     def sql(self, query: str) -> pa.Table:
         """Run a read-only SQL query over the views ``scores(run, metric, example_id, value)``,
         ``trace(run, epoch, example_id, loss, kept, weight)``, ``vectors(run, name, example_id,
-        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``."""
+        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``.
+
+        A data file that cannot be read is skipped with a ``StoreWarning`` naming it."""
+        return self._sql_engine().sql(query)
+
+    def sql_reader(
+        self, query: str, *, batch_rows: int = 16384
+    ) -> contextlib.AbstractContextManager[pa.RecordBatchReader]:
+        """``sql`` as a stream: ``with store.sql_reader(q) as reader: for batch in reader: ...``.
+
+        Rows are computed as the batches (at most ``batch_rows`` rows each) are read, so memory
+        stays bounded whatever the result's size; leaving the block stops the query. Other
+        queries on this store wait until then (from the same thread they raise RuntimeError).
+        """
+        batch_rows = check_nonnegative_int(batch_rows, "batch_rows")
+        if batch_rows == 0:
+            raise ValueError("batch_rows must be >= 1, got 0")
+        return self._sql_engine().stream(query, batch_rows=batch_rows)
+
+    def _sql_engine(self) -> SqlEngine:
         if self._engine is None:
             self._engine = SqlEngine(self._sfs, self._runs_table)
-        return self._engine.sql(query)
+        return self._engine
+
+    def require_root(self) -> None:
+        """Raise unless the root is an existing directory.
+
+        Reads and SQL see a missing root as an empty store (a store is created by its first
+        write); a command that only reads calls this first, so that a mistyped path is an error
+        rather than an empty answer.
+
+        Raises:
+            FileNotFoundError: nothing exists at the root.
+            NotADirectoryError: the root is a file.
+        """
+        found = self._sfs.fs.get_file_info(self._sfs.root).type
+        if found == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                errno.ENOENT, f"score store root {self._sfs.root} does not exist"
+            )
+        if found != pafs.FileType.Directory:
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"score store root {self._sfs.root} is not a directory"
+            )
 
     # ----------------------------------------------------------------------------- runs
 
@@ -358,14 +418,22 @@ class ScoreStore:
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's manifest, sorted by name; runs with data but no manifest appear as
-        ``{"name": run, "status": "unknown"}``."""
+        ``{"name": run, "status": "unknown"}``. A manifest that cannot be read or is not a valid
+        manifest is skipped with a ``StoreWarning`` naming it (its run, if it has data, is then
+        listed as ``unknown``)."""
         manifests = {}
         for info in self._sfs.list_dir(self._sfs.path("runs")):
             if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
-                if not info.base_name.startswith("."):
-                    manifests[info.base_name[:-5]] = mf.loads(
-                        self._sfs.read_bytes(info.path), info.path
+                if info.base_name.startswith("."):
+                    continue
+                try:
+                    manifest = mf.loads(self._sfs.read_bytes(info.path), info.path)
+                except (OSError, ValueError) as exc:  # one bad manifest must not hide the others
+                    warnings.warn(
+                        f"skipping run manifest {info.path}: {exc}", StoreWarning, stacklevel=2
                     )
+                    continue
+                manifests[info.base_name[:-5]] = manifest
         for kind in _DATA_KINDS:
             for run in self._sfs.partitions(self._sfs.path(kind), "run"):
                 manifests.setdefault(run, {"name": run, "status": "unknown"})

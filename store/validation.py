@@ -8,37 +8,77 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_numpy", "check_ids", "check_same_length", "check_values"]
+__all__ = ["as_numpy", "check_ids", "check_same_length", "check_values", "to_numpy"]
 
 # Duplicate detection uses a bitmap when ids are at most this many times sparser than dense.
 _BITMAP_SPARSITY = 16
 
 
-def as_numpy(x: object, what: str) -> np.ndarray:
-    """Any array-like (numpy, list, Arrow, torch tensor on any device) as a 1-d numpy array."""
+def to_numpy(x: object) -> np.ndarray:
+    """Any array-like (numpy, list, Arrow, torch tensor on any device) as a numpy array.
+
+    Floating tensors of a dtype numpy lacks (bfloat16, float8) become float32, which holds each
+    of their values exactly.
+    """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pyarrow Array/ChunkedArray
+        x = x.detach().cpu()
+        try:
+            return x.numpy()
+        except TypeError:  # "Got unsupported ScalarType BFloat16"
+            if not x.is_floating_point():
+                raise
+            return x.float().numpy()
+    if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pyarrow Array/ChunkedArray
         x = x.to_numpy(zero_copy_only=False)
-    arr = np.asarray(x)
+    return np.asarray(x)
+
+
+def as_numpy(x: object, what: str) -> np.ndarray:
+    """``to_numpy`` for a 1-d input; a ValueError naming the shape otherwise."""
+    arr = to_numpy(x)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-dimensional, got shape {arr.shape}")
     return arr
+
+
+def _is_integer_type(kind: type) -> bool:
+    return issubclass(kind, int | np.integer) and not issubclass(kind, bool | np.bool_)
+
+
+def _ids_from_objects(values: list, what: str) -> np.ndarray:
+    """Python objects as int64, refusing anything but integers: casting Decimal('1.5'), 1.5 or
+    '1' to int64 would silently store another id."""
+    if not all(map(_is_integer_type, set(map(type, values)))):
+        bad = next(v for v in values if not _is_integer_type(type(v)))
+        raise TypeError(
+            f"{what} must be integers convertible to int64, got {bad!r} ({type(bad).__name__})"
+        )
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        big = next(v for v in values if not -(2**63) <= int(v) < 2**63)
+        raise ValueError(f"{what} {int(big)} does not fit in int64") from None
 
 
 def check_ids(ids: object, what: str = "example_id") -> np.ndarray:
     """Validate example ids; return them as a 1-d int64 array (no copy when already int64).
 
     Raises:
-        TypeError: ids are not integers (floats, strings, bools, objects that are not ints).
-        ValueError: ids are negative, out of int64 range, or repeated (the first few are named).
+        TypeError: ids are not integers (floats, Decimals, strings, bools, other objects).
+        ValueError: ids are null, negative, out of int64 range, or repeated (the first few are
+            named).
     """
+    nulls = getattr(ids, "null_count", 0)  # pyarrow: a null would become NaN, then a float
+    if nulls:
+        raise ValueError(f"{what} has {nulls} null value(s); every row needs an id")
     arr = as_numpy(ids, what)
+    if isinstance(ids, list | tuple) and arr.dtype.kind == "f" and arr.size:
+        # numpy turns [2**63, 1] into float64: look at the Python objects when all are ints.
+        objects = np.array(ids, dtype=object)
+        if all(map(_is_integer_type, set(map(type, objects.tolist())))):
+            arr = objects
     if arr.dtype == object and arr.size:
-        try:
-            arr = arr.astype(np.int64)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"{what} must be int64-convertible integers: {exc}") from None
+        arr = _ids_from_objects(arr.tolist(), what)
     if arr.dtype.kind == "u":
         if arr.size and arr.max() > np.iinfo(np.int64).max:
             raise ValueError(f"{what} {int(arr.max())} does not fit in int64")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from winnow.store.files import read_checked, vectors_schema
 from winnow.store.layout import StoreFS
-from winnow.store.validation import check_same_length
+from winnow.store.validation import check_same_length, to_numpy
 
-__all__ = ["read_vectors", "vectors_table"]
+__all__ = ["check_width", "read_vectors", "vectors_table"]
 
 
 def vectors_table(ids: np.ndarray, vectors: object) -> pa.Table:
@@ -23,9 +24,7 @@ def vectors_table(ids: np.ndarray, vectors: object) -> pa.Table:
         TypeError: vectors are not real numbers.
         ValueError: not 2-d, d == 0, length differs from ids, or non-finite in float16.
     """
-    if hasattr(vectors, "detach") and hasattr(vectors, "cpu"):  # torch.Tensor
-        vectors = vectors.detach().cpu().numpy()
-    arr = np.asarray(vectors)
+    arr = to_numpy(vectors)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"vectors must be real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] == 0:
@@ -42,6 +41,31 @@ def vectors_table(ids: np.ndarray, vectors: object) -> pa.Table:
     dim = arr.shape[1]
     column = pa.FixedSizeListArray.from_arrays(pa.array(half.reshape(-1)), dim)
     return pa.Table.from_arrays([pa.array(ids), column], schema=vectors_schema(dim))
+
+
+def check_width(sfs: StoreFS, files: dict[int, str], shard: int, dim: int, label: str) -> None:
+    """Refuse writing ``shard`` with width ``dim`` when the other shards of the name have another.
+
+    Args:
+        files: the name's committed shards, ``{shard: path}``; the first readable one other than
+            ``shard`` decides (each was checked the same way when it was written). Rewriting the
+            only shard may change the width.
+        label: names the run and vector name in the message.
+    """
+    for other, path in files.items():
+        if other == shard:
+            continue
+        try:
+            found = pq.read_schema(path, filesystem=sfs.fs).field("vector").type
+        except (OSError, KeyError, pa.ArrowException):
+            continue  # a corrupt shard says nothing about the width; reads report it
+        width = found.list_size if pa.types.is_fixed_size_list(found) else None
+        if width != dim:
+            raise ValueError(
+                f"refusing vectors of width {dim}: {label} has width {width} in {path}; every "
+                "shard of one vector name must have the same width"
+            )
+        return
 
 
 def read_vectors(sfs: StoreFS, files: list[str]) -> tuple[np.ndarray, np.ndarray]:

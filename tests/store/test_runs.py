@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from winnow.store import UnknownRunError
+from winnow.store import StoreWarning, UnknownRunError
 
 
 def test_begin_then_finish_records_counts_from_files(store):
@@ -77,3 +77,39 @@ def test_completed_shards_of_a_new_run_is_empty(store):
     store.write("fresh", "loss", [1], [1.0], shard=11)
     assert store.completed_shards("fresh", "loss") == {4, 11}
     assert store.completed_shards("fresh", "margin") == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a winnow manifest"),
+        ('{"name": "b", "num_examples": "ten"}', "num_examples"),
+        ('{"name": "b", "row_counts": {"loss": 1.5}}', "row_counts"),
+        ('{"name": "b", "metrics": "loss"}', "metrics"),
+        ('{"name": 7}', "name"),
+    ],
+)
+def test_a_bad_manifest_is_skipped_with_a_warning_naming_it(store, text, reason):
+    for run in ("a", "b"):
+        store.begin_run(run, num_examples=2)
+        store.write(run, "loss", [0, 1], [1.0, 2.0])
+        store.finish_run(run)
+    path = f"{store.root}/runs/b.json"
+    with open(path, "w") as f:
+        f.write(text)
+    with pytest.warns(StoreWarning, match=rf"skipping run manifest {path}: .*{reason}"):
+        runs = store.runs()
+    # b still has data, so it is listed like a run without a manifest.
+    assert [(r["name"], r["status"]) for r in runs] == [("a", "complete"), ("b", "unknown")]
+    with pytest.warns(StoreWarning, match="b.json"):
+        counted = store.sql(
+            "SELECT run, status, count(*) AS n FROM runs JOIN scores USING (run) "
+            "GROUP BY ALL ORDER BY run"
+        )
+    assert counted.to_pylist() == [
+        {"run": "a", "status": "complete", "n": 2},
+        {"run": "b", "status": "unknown", "n": 2},
+    ]
+    with pytest.raises(ValueError, match=reason):
+        store.manifest("b")

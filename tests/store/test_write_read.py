@@ -1,5 +1,8 @@
 """Round trips through real Parquet files, and rejection of bad input."""
 
+import os
+from decimal import Decimal
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -91,6 +94,22 @@ def test_torch_tensors_and_lists_are_accepted(store):
     np.testing.assert_array_equal(store.read("r", "grad")[0], [4.0, 3.0])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors_are_stored_exactly_as_float32(store, dtype):
+    values = torch.tensor([0.1, -3.5, 1e4, 2.0**-14], dtype=dtype)
+    exact = values.float().numpy()
+    assert store.write("r", "loss", torch.tensor([0, 1, 2, 3]), values) == 4
+    np.testing.assert_array_equal(store.read("r", "loss")[0], exact)
+    store.write_table("r", {"example_id": torch.arange(4), "margin": values}, shard=1)
+    np.testing.assert_array_equal(store.read_table("r", "margin")["value"].to_numpy(), exact)
+    store.trace_writer("r").write(0, torch.arange(4), torch.ones(4, dtype=torch.bool), loss=values)
+    np.testing.assert_array_equal(store.read_trace("r")["loss"].to_numpy(), exact)
+    store.write_vectors("r", "emb", [0, 1], values.reshape(2, 2))
+    np.testing.assert_array_equal(store.read_vectors("r", "emb")[1], exact.reshape(2, 2))
+    with pytest.raises(TypeError, match="dtype float(16|32)"):
+        store.write("r", "loss", torch.tensor([0, 1], dtype=dtype), [1.0, 2.0])
+
+
 @pytest.mark.parametrize(
     ("ids", "error", "match"),
     [
@@ -101,6 +120,19 @@ def test_torch_tensors_and_lists_are_accepted(store):
         ([7, 3, 7], ValueError, r"duplicated id\(s\) within one write, e.g. \[7\]"),
         (np.array([2**63 + 1, 0], dtype=np.uint64), ValueError, "does not fit in int64"),
         ([[0, 1]], ValueError, "1-dimensional"),
+        # Non-integers that a plain cast to int64 would silently truncate:
+        ([Decimal("1.5"), Decimal("2")], TypeError, r"got Decimal\('1.5'\) \(Decimal\)"),
+        (np.array([1.5, 2.0], dtype=object), TypeError, r"got 1.5 \(float\)"),
+        (np.array([2, np.float32(7.25)], dtype=object), TypeError, r"\(7.25\) \(float32\)"),
+        (np.array(["1", "2"], dtype=object), TypeError, r"got '1' \(str\)"),
+        (np.array([3, True], dtype=object), TypeError, r"got True \(bool\)"),
+        ([4, 2.5], TypeError, "dtype float64"),
+        (pa.array([Decimal("3.7")]), TypeError, "Decimal"),
+        (torch.tensor([1.0, 2.0]), TypeError, "dtype float32"),
+        (np.array([1.0, 2.0]), TypeError, "dtype float64"),
+        ([2**63, 1], ValueError, "9223372036854775808 does not fit in int64"),
+        (np.array([2**70, 1], dtype=object), ValueError, "does not fit in int64"),
+        (pa.array([1, None]), ValueError, "1 null"),
     ],
 )
 def test_bad_ids_are_rejected_with_the_offending_value(store, ids, error, match):
@@ -199,3 +231,32 @@ def test_multi_row_group_shards_read_back_exactly(store):
     dense, present = store.read("big", "loss")
     assert present.all()
     np.testing.assert_array_equal(dense[ids], values)
+
+
+def test_dense_read_of_huge_ids_is_refused_before_allocating(store):
+    # Ids near 2**63 are valid to store; a dense array indexed by them is not.
+    store.write("r", "loss", [3, 2**62], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"largest stored example_id 4611686018427387904") as info:
+        store.read("r", "loss")
+    message = str(info.value)
+    assert "23058430092136939525 bytes" in message and "read_table" in message
+    with pytest.raises(ValueError, match=r"num_examples=1152921504606846976.*read_table"):
+        store.read("r", "loss", num_examples=2**60)
+    assert store.read_table("r", "loss")["example_id"].to_pylist() == [3, 2**62]
+
+
+def test_vector_width_must_match_the_other_shards_of_the_name(store):
+    store.write_vectors("r", "emb", [0, 1], np.ones((2, 8)), shard=0)
+    store.write_vectors("r", "emb", [2], np.ones((1, 8)), shard=3)
+    with pytest.raises(ValueError, match=r"width 4.*'emb' of run 'r' has width 8.*shard-00000"):
+        store.write_vectors("r", "emb", [5], np.ones((1, 4)), shard=1)
+    assert sorted(os.listdir(f"{store.root}/vectors/run=r/name=emb")) == [
+        "shard-00000.parquet",
+        "shard-00003.parquet",
+    ]
+    store.write_vectors("r", "small", [0], np.ones((1, 4)))  # another name, its own width
+    ids, vectors = store.read_vectors("r", "emb")
+    assert ids.tolist() == [0, 1, 2] and vectors.shape == (3, 8)
+    store.write_vectors("solo", "emb", [0], np.ones((1, 8)))
+    store.write_vectors("solo", "emb", [0], np.ones((1, 2)))  # replaces its only shard
+    assert store.read_vectors("solo", "emb")[1].shape == (1, 2)
