@@ -33,9 +33,10 @@ A file DuckDB cannot read (truncated, foreign schema, unreadable) would otherwis
 query over its view. When a query fails, the suspect files are checked (``SqlEngine._recover``);
 the bad ones are left out with a ``StoreWarning`` naming them, their view then names its other
 files explicitly, and the query runs again. A skipped file that is rewritten is read again.
-Nothing is checked while queries succeed, so a healthy store pays nothing for this. Arrow
+Nothing is checked while queries succeed, so a healthy local store pays nothing for this. Arrow
 datasets read a foreign file's missing columns as NULL rather than failing, so off the native
-path such a file is not caught.
+path every file's footer is checked once, when it first appears in a view (one request per new
+file on a remote filesystem).
 """
 
 from __future__ import annotations
@@ -334,8 +335,26 @@ class SqlEngine:
             elif self._native:
                 self._create_native(view, "[" + ", ".join(map(_literal, files)) + "]")
             else:
+                files = self._footers_checked(view, files)
                 self._create_dataset(view, files)
             self._built[view.name] = files
+
+    def _footers_checked(self, view: _View, files: tuple[str, ...]) -> tuple[str, ...]:
+        """``files`` without those whose footer does not fit ``view`` (skipped with a warning).
+
+        Off the native path only: Arrow datasets read a foreign file's missing columns as NULL
+        instead of failing, so no query error would ever point at it. Each path's footer is read
+        once (one request per new file on a remote filesystem), then remembered.
+        """
+        kept = []
+        for path in files:
+            if path not in self._checked:
+                reason = self._check_file(path, view.name)
+                if reason is not None:
+                    self._skip(path, reason)
+                    continue
+            kept.append(path)
+        return tuple(kept)
 
     def _under(self, view: _View, path: str) -> bool:
         return path.startswith(self._sfs.path(view.name) + "/")

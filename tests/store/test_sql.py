@@ -311,22 +311,9 @@ _CORRUPTIONS = {
 }
 
 
-_FOREIGN_OFF_DISK = pytest.mark.xfail(
-    strict=True,
-    reason="Arrow datasets read a foreign file's missing columns as NULL instead of failing; "
-    "checking every footer up front would cost a request per file on a remote filesystem",
-)
-
-
 @pytest.mark.parametrize(
     ("kind", "corruption"),
-    [
-        pytest.param(kind, corruption, marks=_FOREIGN_OFF_DISK)
-        if (kind, corruption) == ("subtree", "foreign columns")
-        else (kind, corruption)
-        for kind in ("local", "subtree")
-        for corruption in _CORRUPTIONS
-    ],
+    [(kind, corruption) for kind in ("local", "subtree") for corruption in _CORRUPTIONS],
 )
 @pytest.mark.parametrize("shard", [0, 1])  # shard 0 of run "a" is the first file of the view
 def test_sql_skips_an_unreadable_shard_with_a_warning(tmp_path, kind, corruption, shard):
