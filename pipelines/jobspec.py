@@ -24,7 +24,7 @@ from typing import Any
 
 from winnow.pipelines.metric_registry import Metric, resolve_metrics
 from winnow.pipelines.models import ModelSpec, describe_model
-from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
+from winnow.pipelines.sources import SOURCE_TYPES, make_source
 
 __all__ = ["Cli", "ScoreJob", "ShardPlan", "RESUME_KEYS", "default_shard_size"]
 
@@ -213,7 +213,7 @@ class ScoreJob:
     has read the data's schema.
     """
 
-    data: str | os.PathLike | ParquetSource | DatasetSource = _option(
+    data: Any = _option(
         help="a Parquet file/directory, or module:factory returning a map-style Dataset of "
         "(x, y) items (ids are its indices)",
         cli=Cli("data", metavar="SOURCE", required=True),
@@ -261,16 +261,23 @@ class ScoreJob:
         cli=Cli("metrics", metavar="PATH", commands=_SCORE),
         check=_optional_path,
     )
-    id_column: str = _option("example_id", help="Parquet id column", cli=Cli("data"), check=_str)
+    id_column: str | None = _option(
+        None,
+        help="id column of a Parquet or Hugging Face source (default: example_id if the data "
+        "has it, else the row positions 0..N-1)",
+        cli=Cli("data", metavar="NAME"),
+        check=_optional_str,
+    )
     feature_columns: tuple[str, ...] | str | None = _option(
         None,
-        help="Parquet feature column(s): one list column, or several scalar columns a,b,c",
+        help="feature column(s) of a Parquet or Hugging Face source: one (nested) list "
+        "column, or several numeric columns a,b,c",
         cli=Cli("data", metavar="COLS"),
         check=_columns,
     )
     label_column: str | None = _option(
         "label",
-        help="Parquet label column ('' for none)",
+        help="label column of a Parquet or Hugging Face source ('' for none)",
         cli=Cli("data", type=_none_if_empty),
         check=_optional_str,
     )
@@ -434,7 +441,7 @@ def _model_spec(
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, ParquetSource | DatasetSource):
+    if isinstance(value, SOURCE_TYPES):
         return value.describe()
     if isinstance(value, ModelSpec):
         return describe_model(value)

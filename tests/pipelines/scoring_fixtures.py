@@ -72,15 +72,20 @@ def write_parquet(
     *,
     files: int = 2,
     row_group_size: int = 64,
+    with_ids: bool = True,
 ) -> Path:
-    """Split rows over ``files`` Parquet files (small row groups) with a fixed-size-list column."""
+    """Split rows over ``files`` Parquet files (small row groups) with a fixed-size-list column.
+
+    ``with_ids=False`` writes no ``example_id`` column (the job then uses row positions).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
     for part, rows in enumerate(np.array_split(np.arange(len(x)), files)):
         flat = pa.array(x[rows].ravel())
+        columns = {"example_id": pa.array(ids[rows], pa.int64())} if with_ids else {}
         table = pa.table(
             {
-                "example_id": pa.array(ids[rows], pa.int64()),
+                **columns,
                 "x": pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
                 "label": pa.array(y[rows], pa.int64()),
             }

@@ -231,3 +231,16 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     assert manifest["status"] == "complete" and "ray_start_s" in manifest["extra"]
     loss, _ = _expected_loss(x, y)
     np.testing.assert_allclose(store.read("joined", "loss")[0], loss, rtol=1e-5, atol=1e-6)
+
+
+def test_parquet_without_id_column_is_scored_by_row_position(tmp_path):
+    x, y = make_arrays(150, seed=6)
+    data = write_parquet(tmp_path / "data", x, y, files=2, row_group_size=40, with_ids=False)
+    manifest = pipelines.score(
+        str(data), f"{FIX}:mlp", feature_columns="x", store=tmp_path / "s", run="r",
+        shard_size=64, executor="inline", progress=False,
+    )  # fmt: skip
+    assert manifest["num_examples"] == 150 and manifest["row_counts"] == {"loss": 150}
+    values, present = ScoreStore(tmp_path / "s").read("r", "loss")
+    assert present.all()
+    np.testing.assert_allclose(values, _expected_loss(x, y)[0], rtol=1e-5, atol=1e-6)
