@@ -206,7 +206,8 @@ class ScoreJob:
 
     Built from keyword arguments (the keywords of ``pipelines.score``); refuses a bad option
     with ``ValueError``/``TypeError`` naming it, before anything is read or written. After
-    construction ``data`` is a ``ParquetSource``/``DatasetSource``, ``model`` a ``ModelSpec``
+    construction ``data`` is a ``ParquetSource``/``HFDatasetSource``/``DatasetSource``,
+    ``model`` a ``ModelSpec``
     (with ``checkpoint``), ``reference`` a ``ModelSpec`` or None, ``metrics`` the metric names
     in registry order and ``entries`` their registry entries (which travel to the actors).
     Whether the data has the labels the metrics need is checked by ``pipelines.score`` once it
@@ -214,8 +215,9 @@ class ScoreJob:
     """
 
     data: Any = _option(
-        help="a Parquet file/directory, or module:factory returning a map-style Dataset of "
-        "(x, y) items (ids are its indices)",
+        help="a Parquet file/directory, a directory written by datasets' save_to_disk, or "
+        "module:factory returning a map-style torch Dataset of (x, y) items (ids are its "
+        "indices); from Python also a datasets.Dataset",
         cli=Cli("data", metavar="SOURCE", required=True),
         record="source",
         identity=True,

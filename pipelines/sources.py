@@ -1,15 +1,15 @@
-"""Where the scoring job's examples come from: Parquet files or a map-style torch Dataset.
+"""Where the scoring job's examples come from: Parquet, a Hugging Face dataset, or a torch Dataset.
 
 A source is a small picklable description. On the driver, ``plan()`` checks the data and counts
 rows; inside an actor, ``open()`` returns a reader whose ``iter_batches(start, stop, size)``
 yields ``Batch(ids, x, y)`` for the rows at positions ``[start, stop)``. Row positions are
-deterministic (Parquet files in sorted path order, dataset indices), which is what makes the
-job's shards of rows reproducible across a crash and a ``--resume``.
+deterministic (Parquet files in sorted path order, a dataset's row order, dataset indices),
+which is what makes the job's shards of rows reproducible across a crash and a ``--resume``.
 
-- ``ParquetSource`` (``pipelines.parquet_source``): features from one (nested) list column,
-  or from several numeric scalar columns stacked in the order given; optional
-  ``label_column``; ids from ``id_column``, by default ``example_id`` if present, else the
-  row positions.
+- ``ParquetSource`` (``pipelines.parquet_source``) and ``HFDatasetSource``
+  (``pipelines.hf_source``): features from one (nested) list column, or from several numeric
+  scalar columns stacked in the order given; optional ``label_column``; ids from
+  ``id_column``, by default ``example_id`` if present, else the row positions.
 - ``DatasetSource``: ``"module:factory"`` returning a map-style ``torch.utils.data.Dataset``
   whose items are ``(x, y)`` (or ``x`` alone); ids are the indices ``0..len-1``.
 
@@ -25,6 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from winnow.pipelines.hf_source import (
+    HFDatasetSource,
+    check_hf_object,
+    hf_saved_kind,
+    is_hf_dataset,
+)
 from winnow.pipelines.models import import_object
 from winnow.pipelines.parquet_source import ParquetSource
 from winnow.pipelines.source_base import Batch, ItemError, SourcePlan
@@ -33,6 +39,7 @@ __all__ = [
     "Batch",
     "SourcePlan",
     "ParquetSource",
+    "HFDatasetSource",
     "DatasetSource",
     "ItemError",
     "SOURCE_TYPES",
@@ -106,7 +113,7 @@ class _DatasetReader:
             yield Batch(ids=ids, x=x.float() if x.is_floating_point() else x, y=y)
 
 
-SOURCE_TYPES = (ParquetSource, DatasetSource)
+SOURCE_TYPES = (ParquetSource, HFDatasetSource, DatasetSource)
 
 
 def make_source(
@@ -116,15 +123,26 @@ def make_source(
     feature_columns: Sequence[str] | str | None = None,
     label_column: str | None = "label",
     kwargs: Mapping[str, Any] | None = None,
-) -> ParquetSource | DatasetSource:
-    """A source from what the user gave: a source; a Parquet file or directory; or
-    ``"module:factory"``."""
+) -> ParquetSource | HFDatasetSource | DatasetSource:
+    """A source from what the user gave: a source; a ``datasets.Dataset``; a directory written
+    by ``save_to_disk``; a Parquet file or directory; or ``"module:factory"``."""
     if isinstance(data, SOURCE_TYPES):
         return data
     table_options = {"id_column": id_column, "label_column": label_column}
+    check_hf_object(data)
+    if is_hf_dataset(data) or type(data).__module__.split(".")[0] == "datasets":
+        return HFDatasetSource(
+            _feature_columns(feature_columns, "the Dataset"), dataset=data, **table_options
+        )
     if not isinstance(data, str | os.PathLike):
-        raise TypeError(f"data must be a path, 'module:factory' or a source, got {type(data)}")
+        raise TypeError(
+            "data must be a path, 'module:factory', a datasets.Dataset or a source, "
+            f"got {type(data)}"
+        )
     data = os.fspath(data)
+    if "://" not in data and os.path.isdir(data) and hf_saved_kind(data):
+        columns = _feature_columns(feature_columns, f"dataset {data!r}")
+        return HFDatasetSource(columns, path=data, **table_options)
     looks_like_path = data.endswith(".parquet") or os.path.exists(data) or "://" in data
     if not looks_like_path and ":" in data:
         return DatasetSource(data, dict(kwargs or {}))

@@ -59,7 +59,8 @@ BAD_OPTIONS = [
     ({"data": "/nonexistent/d.parquet", "feature_columns": "x"}, FileNotFoundError,
      r"Parquet source '/nonexistent/d.parquet' does not exist"),
     ({"data": "/nonexistent/d.parquet"}, ValueError, r"needs feature columns"),
-    ({"data": 3}, TypeError, r"data must be a path, 'module:factory' or a source"),
+    ({"data": 3}, TypeError,
+     r"data must be a path, 'module:factory', a datasets.Dataset or a source"),
     ({"bogus_option": 1}, TypeError, r"unexpected keyword argument 'bogus_option'"),
 ]  # fmt: skip
 
