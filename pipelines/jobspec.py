@@ -246,9 +246,24 @@ class ScoreJob:
     )
     checkpoint: str | None = _option(
         None,
-        help="the model's state_dict (loaded weights_only)",
+        help="the model's checkpoint: a state_dict, or a dict holding one (a Lightning .ckpt, "
+        "...); loaded with weights_only=True",
         cli=Cli("model", metavar="PATH"),
         check=_optional_path,
+    )
+    checkpoint_key: str | None = _option(
+        None,
+        help="the key of the state_dict inside the checkpoint, dotted for nested dicts "
+        "(default: state_dict, model_state_dict or model if present, else the whole dict)",
+        cli=Cli("model", metavar="KEY"),
+        check=_optional_str,
+    )
+    strip_prefix: str | None = _option(
+        None,
+        help="keep the checkpoint keys that start with PREFIX, without it (e.g. 'model.' for "
+        "a Lightning checkpoint)",
+        cli=Cli("model", metavar="PREFIX"),
+        check=_optional_str,
     )
     reference: str | ModelSpec | None = _option(
         None,
@@ -259,9 +274,21 @@ class ScoreJob:
     )
     reference_checkpoint: str | None = _option(
         None,
-        help="the reference model's state_dict",
+        help="the reference model's checkpoint",
         cli=Cli("metrics", metavar="PATH", commands=_SCORE),
         check=_optional_path,
+    )
+    reference_checkpoint_key: str | None = _option(
+        None,
+        help="as --checkpoint-key, for the reference checkpoint",
+        cli=Cli("metrics", metavar="KEY", commands=_SCORE),
+        check=_optional_str,
+    )
+    reference_strip_prefix: str | None = _option(
+        None,
+        help="as --strip-prefix, for the reference checkpoint",
+        cli=Cli("metrics", metavar="PREFIX", commands=_SCORE),
+        check=_optional_str,
     )
     id_column: str | None = _option(
         None,
@@ -384,9 +411,21 @@ class ScoreJob:
             check = f.metadata.get("check")
             if check is not None:
                 object.__setattr__(self, f.name, check(f.name, value))
-        model = _model_spec("model", self.model, self.checkpoint, required=True)
+        model = _model_spec(
+            "model",
+            self.model,
+            checkpoint=self.checkpoint,
+            checkpoint_key=self.checkpoint_key,
+            strip_prefix=self.strip_prefix,
+            required=True,
+        )
         reference = _model_spec(
-            "reference", self.reference, self.reference_checkpoint, required=False
+            "reference",
+            self.reference,
+            checkpoint=self.reference_checkpoint,
+            checkpoint_key=self.reference_checkpoint_key,
+            strip_prefix=self.reference_strip_prefix,
+            required=False,
         )
         entries = resolve_metrics(self.metrics, has_reference=reference is not None)
         source = make_source(
@@ -397,11 +436,11 @@ class ScoreJob:
             kwargs=self.data_kwargs,
         )
         object.__setattr__(self, "model", model)
-        object.__setattr__(self, "checkpoint", model.checkpoint)
         object.__setattr__(self, "reference", reference)
-        object.__setattr__(
-            self, "reference_checkpoint", None if reference is None else reference.checkpoint
-        )
+        for name in ("checkpoint", "checkpoint_key", "strip_prefix"):
+            object.__setattr__(self, name, getattr(model, name))
+            ref_value = None if reference is None else getattr(reference, name)
+            object.__setattr__(self, f"reference_{name}", ref_value)
         object.__setattr__(self, "data", source)
         object.__setattr__(self, "metrics", tuple(m.name for m in entries))
         object.__setattr__(self, "entries", entries)
@@ -419,27 +458,34 @@ class ScoreJob:
 
 
 def _model_spec(
-    name: str, value: Any, checkpoint: str | None, *, required: bool
+    name: str, value: Any, *, required: bool, **checkpoint: str | None
 ) -> ModelSpec | None:
-    """``value`` as a ``ModelSpec``; a checkpoint is given once (in the spec or beside it)."""
+    """``value`` as a ``ModelSpec``. The checkpoint options (``checkpoint``,
+    ``checkpoint_key``, ``strip_prefix``) are given once: in the spec or beside it."""
+    prefix = "" if name == "model" else f"{name}_"
     if value is None:
         if required:
             raise TypeError(f"{name} must be 'module:factory' or a ModelSpec, got None")
-        if checkpoint is not None:
-            raise ValueError(f"{name}_checkpoint {checkpoint!r} given without a {name} factory")
+        for option, given in checkpoint.items():
+            if given is not None:
+                raise ValueError(f"{prefix}{option} {given!r} given without a {name} factory")
         return None
     if isinstance(value, ModelSpec):
-        if checkpoint is not None and os.path.abspath(checkpoint) != value.checkpoint:
-            raise ValueError(
-                f"{name}_checkpoint {checkpoint!r} differs from the {name} ModelSpec's "
-                f"checkpoint {value.checkpoint!r}; give it in one place"
-            )
+        given = {k: v for k, v in checkpoint.items() if v is not None}
+        if given.get("checkpoint") is not None:
+            given["checkpoint"] = os.path.abspath(given["checkpoint"])
+        for option, new in given.items():
+            if new != getattr(value, option):
+                raise ValueError(
+                    f"{prefix}{option} {checkpoint[option]!r} differs from the {name} "
+                    f"ModelSpec's {option} {getattr(value, option)!r}; give it in one place"
+                )
         return value
     if not isinstance(value, str):
         raise TypeError(
             f"{name} must be 'module:factory' or a ModelSpec, got {_type_name(value)} {value!r}"
         )
-    return ModelSpec(value, checkpoint)
+    return ModelSpec(value, **checkpoint)
 
 
 def _jsonable(value: Any) -> Any:

@@ -146,7 +146,7 @@ def test_failing_model_names_shard_and_id_and_keeps_other_shards(ray_session, tm
 def test_model_that_cannot_be_built_is_a_clear_shard_error(ray_session, tmp_path, executor):
     torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "other.pt")
     source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 200})
-    with pytest.raises(ShardError, match="(?s)could not build the model.*Missing key"):
+    with pytest.raises(ShardError, match="(?s)could not build the model.*does not fit the model"):
         pipelines.score(
             source, f"{FIX}:mlp", checkpoint=str(tmp_path / "other.pt"), store=tmp_path / "s",
             run="r", shard_size=100, executor=executor, progress=False,
