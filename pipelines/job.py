@@ -36,6 +36,7 @@ from winnow.pipelines.executors import run_inline, run_ray
 from winnow.pipelines.jobspec import RESUME_KEYS, ScoreJob, ShardPlan, default_shard_size
 from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
 from winnow.pipelines.models import describe_model
+from winnow.pipelines.preflight import check_job
 from winnow.pipelines.scorer import ShardError
 
 __all__ = ["score", "run_job", "default_shard_size", "ShardError"]
@@ -78,6 +79,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
             f"run {job.run!r} already exists in {job.store} (status "
             f"{existing.get('status')!r}); pass --resume to continue it, or choose another --run"
         )
+    check_job(job)  # models, embedding layer, actor pool: before anything is written
     config = job.manifest_config(
         num_rows=data_plan.num_rows,
         shard_size=job.shard_size or default_shard_size(data_plan.num_rows),

@@ -23,6 +23,7 @@ __all__ = [
     "exploding_mlp",
     "make_arrays",
     "mlp",
+    "mlp_only_on_meta",
     "mlp_with_loss",
     "slow_mlp",
     "tensor_dataset",
@@ -97,6 +98,14 @@ def write_parquet(
 def mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return MLP(in_features=40, hidden=32)
+
+
+def mlp_only_on_meta(seed: int = 0) -> nn.Module:
+    """Builds on the meta device (the driver's check) but not for real: stands for a factory
+    that fails only where the shards are scored (a file or GPU missing on a worker)."""
+    if torch.empty(0).device.type != "meta":
+        raise OSError("weights file missing on this worker")
+    return mlp(seed)
 
 
 def mlp_with_loss(seed: int = 0) -> tuple[nn.Module, nn.Module]:
