@@ -33,6 +33,7 @@ from typing import Any
 
 from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
 from winnow.pipelines.executors import run_inline, run_ray
+from winnow.pipelines.fingerprint import fingerprint_changes
 from winnow.pipelines.jobspec import RESUME_KEYS, ScoreJob, ShardPlan, default_shard_size
 from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
 from winnow.pipelines.models import describe_model
@@ -83,6 +84,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     config = job.manifest_config(
         num_rows=data_plan.num_rows,
         shard_size=job.shard_size or default_shard_size(data_plan.num_rows),
+        source_fingerprint=data_plan.fingerprint,
     )
     if existing is not None:  # a resumed run keeps the shards it was cut into
         config["shard_size"] = _check_resumable(existing, config, identity, job.shard_size)
@@ -172,16 +174,27 @@ def _check_resumable(
 ) -> int:
     """The stored shard size, after checking the resumed job is the same job.
 
-    Same model identity (factory, kwargs, checkpoint hash) and the same ``RESUME_KEYS`` of the
-    manifest config (data, metrics, reference, embedding layer, rows); the model's code may
-    change (that is how a failing model gets fixed before ``--resume``).
+    The same data as when the run began (its fingerprint: files, sizes, modification times,
+    row counts, Parquet footers), the same model identity (factory, kwargs, checkpoint hash)
+    and the same ``RESUME_KEYS`` of the manifest config (data, metrics, reference, embedding
+    layer, rows); the model's code may change (that is how a failing model gets fixed before
+    ``--resume``).
     """
+    stored = manifest.get("config", {})
+    if stored.get("source_fingerprint") is not None:  # (runs begun before fingerprints: none)
+        changes = fingerprint_changes(stored["source_fingerprint"], config["source_fingerprint"])
+        if changes:
+            raise ValueError(
+                f"cannot resume run {manifest.get('name')!r}: the data changed since the run "
+                f"began ({'; '.join(changes)}), so its committed shards may hold other rows. "
+                "Rerun without --resume under a new --run name, or with --overwrite to replace "
+                "the run"
+            )
     if manifest.get("model") != model:
         raise ValueError(
             f"cannot resume run {manifest.get('name')!r}: the model differs "
             f"(stored {manifest.get('model')!r}, now {model!r})"
         )
-    stored = manifest.get("config", {})
     for key in RESUME_KEYS:
         if stored.get(key) != config[key]:
             raise ValueError(

@@ -445,15 +445,24 @@ class ScoreJob:
         object.__setattr__(self, "metrics", tuple(m.name for m in entries))
         object.__setattr__(self, "entries", entries)
 
-    def manifest_config(self, *, num_rows: int, shard_size: int) -> dict[str, Any]:
+    def manifest_config(
+        self,
+        *,
+        num_rows: int,
+        shard_size: int,
+        source_fingerprint: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The run manifest's ``config``: every field with a ``record`` key, as JSON values,
-        plus the data's ``num_rows`` and the ``shard_size`` the shards were cut with."""
+        plus the data's ``num_rows``, the ``shard_size`` the shards were cut with and, when
+        given, the source's fingerprint (``pipelines.fingerprint``)."""
         config = {
             f.metadata["record"]: _jsonable(getattr(self, f.name))
             for f in fields(self)
             if f.metadata.get("record")
         }
         config.update(num_rows=num_rows, shard_size=shard_size)
+        if source_fingerprint is not None:
+            config["source_fingerprint"] = dict(source_fingerprint)
         return config
 
 

@@ -175,6 +175,9 @@ def test_resume_rescores_only_missing_shards_and_checks_identity(tmp_path):
     with pytest.raises(ValueError, match="embed_layer differs"):
         pipelines.score(source, f"{FIX}:mlp", resume=True, embed_layer="body", **args)
     with pytest.raises(ValueError, match="source differs"):
+        other = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 300, "seed": 1})
+        pipelines.score(other, f"{FIX}:mlp", resume=True, **args)
+    with pytest.raises(ValueError, match=r"the data changed since the run began \(rows 300 -> "):
         bigger = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 301})
         pipelines.score(bigger, f"{FIX}:mlp", resume=True, **args)
     # What may change on resume: execution options (not part of the resume identity)
@@ -243,3 +246,28 @@ def test_parquet_without_id_column_is_scored_by_row_position(tmp_path):
     values, present = ScoreStore(tmp_path / "s").read("r", "loss")
     assert present.all()
     np.testing.assert_allclose(values, _expected_loss(x, y)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_is_refused_when_the_data_changed_since_the_run_began(tmp_path):
+    """Shards are row positions: had the resume gone on, shard 2 would score rows of the
+    reordered file, some ids twice and others never, and the run would end "complete"."""
+    import pyarrow.parquet as pq
+
+    x, y = make_arrays(300, seed=8)
+    data = write_parquet(tmp_path / "data", x, y, files=2, row_group_size=50)
+    args = dict(feature_columns="x", store=tmp_path / "s", run="r", shard_size=100,
+                executor="inline", progress=False)  # fmt: skip
+    pipelines.score(str(data), f"{FIX}:mlp", **args)
+    store = ScoreStore(tmp_path / "s")
+    shard_2 = tmp_path / "s/scores/run=r/metric=loss/shard-00002.parquet"
+    shard_2.unlink()  # as if the job was killed before committing shard 2
+    part = data / "part-001.parquet"
+    table = pq.read_table(part)
+    pq.write_table(table.take(np.arange(table.num_rows)[::-1]), part, row_group_size=50)
+    with pytest.raises(ValueError) as info:
+        pipelines.score(str(data), f"{FIX}:mlp", resume=True, **args)
+    message = str(info.value)
+    assert "cannot resume run 'r': the data changed since the run began" in message
+    assert "part-001.parquet: " in message and "part-000.parquet" not in message
+    assert "without --resume under a new --run name, or with --overwrite" in message
+    assert not shard_2.exists() and store.manifest("r")["status"] == "complete"
