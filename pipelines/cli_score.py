@@ -177,7 +177,9 @@ def _cmd_job(args: argparse.Namespace) -> int:
         message = " ".join(str(exc).split())  # one line, as every `winnow` error
         print(f"winnow {args.command}: error: {message}", file=sys.stderr)
         print(
-            "  committed shards are kept; fix the model or data and rerun with --resume",
+            "  committed shards are kept: fix the model's code or the data and rerun with "
+            "--resume; with another --model, checkpoint or metric, rerun without --resume (the "
+            "failed run is replaced)",
             file=sys.stderr,
         )
         return 1

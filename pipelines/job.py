@@ -33,11 +33,11 @@ from typing import Any
 
 from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
 from winnow.pipelines.executors import run_inline, run_ray
-from winnow.pipelines.fingerprint import fingerprint_changes
-from winnow.pipelines.jobspec import RESUME_KEYS, ScoreJob, ShardPlan, default_shard_size
+from winnow.pipelines.jobspec import ScoreJob, ShardPlan, default_shard_size
 from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
 from winnow.pipelines.models import describe_model
 from winnow.pipelines.preflight import check_job
+from winnow.pipelines.rerun import decide
 from winnow.pipelines.scorer import ShardError
 
 __all__ = ["score", "run_job", "default_shard_size", "ShardError"]
@@ -74,20 +74,23 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     resolve_metrics(job.metrics, has_labels=data_plan.has_labels)
     scores = ScoreStore(job.store)
     identity = describe_model(job.model)
-    existing = _existing_manifest(scores, job.run)
-    if existing is not None and not job.resume:
-        raise ValueError(
-            f"run {job.run!r} already exists in {job.store} (status "
-            f"{existing.get('status')!r}); pass --resume to continue it, or choose another --run"
-        )
-    check_job(job)  # models, embedding layer, actor pool: before anything is written
     config = job.manifest_config(
         num_rows=data_plan.num_rows,
         shard_size=job.shard_size or default_shard_size(data_plan.num_rows),
         source_fingerprint=data_plan.fingerprint,
     )
-    if existing is not None:  # a resumed run keeps the shards it was cut into
-        config["shard_size"] = _check_resumable(existing, config, identity, job.shard_size)
+    existing = _existing_manifest(scores, job.run)
+    counts = scores.row_counts(job.run)
+    if existing is None and any(counts[key] for key in ("row_counts", "vector_rows")):
+        existing = {"name": job.run, "status": "unknown"}  # files without a manifest
+    decision = decide(existing, job, config, identity, counts)
+    check_job(job)  # models, embedding layer, actor pool: before anything is written
+    if decision.action == "continue":  # a resumed run keeps the shards it was cut into
+        config["shard_size"] = decision.shard_size
+    elif decision.action == "replace":
+        scores.remove_run(job.run)
+        if job.progress:
+            print(f"winnow score: replacing run {job.run!r} ({decision.reason})", file=sys.stderr)
     plan = ShardPlan(job=job, num_rows=data_plan.num_rows, shard_size=config["shard_size"])
     outputs = list(scalar_outputs(job.entries))
     if EMBEDDING in job.metrics:
@@ -120,6 +123,10 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
         scores.finish_run(job.run, status="failed", extra=failure)
         raise
+    except BaseException as exc:  # any other end is recorded too, then re-raised as it was
+        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+        scores.finish_run(job.run, status=status, extra={"error": _one_line(exc)})
+        raise
     seconds = time.perf_counter() - started
     scoring_s = timings.get("scoring_s", 0.0)
     extra = {
@@ -130,6 +137,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
         "executor": job.executor,
+        "replaced": decision.reason,
         # A resumed run that completes no longer carries the failure of an earlier attempt.
         "error": None,
         "failed_shard": None,
@@ -166,45 +174,8 @@ def _existing_manifest(scores: Any, run: str) -> dict[str, Any] | None:
         return None
 
 
-def _check_resumable(
-    manifest: Mapping[str, Any],
-    config: Mapping[str, Any],
-    model: Mapping[str, Any] | None,
-    shard_size: int | None,
-) -> int:
-    """The stored shard size, after checking the resumed job is the same job.
-
-    The same data as when the run began (its fingerprint: files, sizes, modification times,
-    row counts, Parquet footers), the same model identity (factory, kwargs, checkpoint hash)
-    and the same ``RESUME_KEYS`` of the manifest config (data, metrics, reference, embedding
-    layer, rows); the model's code may change (that is how a failing model gets fixed before
-    ``--resume``).
-    """
-    stored = manifest.get("config", {})
-    if stored.get("source_fingerprint") is not None:  # (runs begun before fingerprints: none)
-        changes = fingerprint_changes(stored["source_fingerprint"], config["source_fingerprint"])
-        if changes:
-            raise ValueError(
-                f"cannot resume run {manifest.get('name')!r}: the data changed since the run "
-                f"began ({'; '.join(changes)}), so its committed shards may hold other rows. "
-                "Rerun without --resume under a new --run name, or with --overwrite to replace "
-                "the run"
-            )
-    if manifest.get("model") != model:
-        raise ValueError(
-            f"cannot resume run {manifest.get('name')!r}: the model differs "
-            f"(stored {manifest.get('model')!r}, now {model!r})"
-        )
-    for key in RESUME_KEYS:
-        if stored.get(key) != config[key]:
-            raise ValueError(
-                f"cannot resume run {manifest.get('name')!r}: {key} differs "
-                f"(stored {stored.get(key)!r}, now {config[key]!r})"
-            )
-    stored_shard = int(stored["shard_size"])
-    if shard_size is not None and shard_size != stored_shard:
-        raise ValueError(f"cannot resume with shard_size {shard_size}: the run uses {stored_shard}")
-    return stored_shard
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _completed_shards(scores: Any, plan: ShardPlan) -> set[int]:

@@ -388,7 +388,15 @@ class ScoreJob:
     )
     resume: bool = _option(
         False,
-        help="continue an existing run: skip shards already committed",
+        help="continue an existing run: skip shards already committed (refused if the data, "
+        "model or metrics changed)",
+        cli=Cli("run", action="store_true"),
+        check=_bool,
+    )
+    overwrite: bool = _option(
+        False,
+        help="replace an existing run of this name (it is removed first, once the job's "
+        "checks pass)",
         cli=Cli("run", action="store_true"),
         check=_bool,
     )
@@ -411,6 +419,11 @@ class ScoreJob:
             check = f.metadata.get("check")
             if check is not None:
                 object.__setattr__(self, f.name, check(f.name, value))
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume and overwrite exclude each other: --resume continues the run, "
+                "--overwrite replaces it"
+            )
         model = _model_spec(
             "model",
             self.model,

@@ -178,10 +178,15 @@ def test_cli_and_score_build_equal_jobs(tmp_path, monkeypatch):
     assert from_cli == from_score
     assert isinstance(from_cli.data, ParquetSource) and from_cli.reference.checkpoint == str(ref)
     assert from_cli.model.strip_prefix == "model." and from_cli.reference.strip_prefix == "net."
+    # --overwrite excludes --resume: it gets a command line of its own.
+    argv[argv.index("--resume")] = "--overwrite"
+    assert main(argv) == 0
+    assert jobs[-1] == dataclasses.replace(from_cli, resume=False, overwrite=True)
     # Every command-line option was given a non-default value above, so all of them reach the job.
     for f in dataclasses.fields(ScoreJob):
         if f.metadata.get("cli") is not None and f.default is not dataclasses.MISSING:
-            assert getattr(from_cli, f.name) != f.default, f.name
+            job = jobs[-1] if f.name == "overwrite" else from_cli
+            assert getattr(job, f.name) != f.default, f.name
 
 
 def test_cli_defaults_are_the_dataclass_defaults(tmp_path, monkeypatch):
