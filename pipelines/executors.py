@@ -7,12 +7,15 @@ inside ``run_ray``.
 
 ``run_ray`` uses the Ray already initialised in this process if there is one (and leaves it
 running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
-and shuts it down (disconnects) at the end. Actors never claim every CPU: an actor pool that
-does deadlocks Ray Data on a small machine.
+and shuts it down (disconnects) at the end. A local Ray it starts is watched by
+``pipelines.ray_watchdog``, which ends its processes if this process dies without shutting it
+down (SIGKILL, OOM). Actors never claim every CPU: an actor pool that does deadlocks Ray Data
+on a small machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -20,6 +23,8 @@ import time
 from typing import Any
 
 from winnow.pipelines.jobspec import ScoreJob, ShardPlan
+from winnow.pipelines.ray_watchdog import Watchdog
+from winnow.pipelines.ray_watchdog import supported as watchdog_supported
 from winnow.pipelines.scorer import ShardError, ShardScorer
 
 __all__ = ["local_ray_cpus", "plan_actors", "run_inline", "run_ray"]
@@ -113,22 +118,28 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
     address = job.address
 
     own_ray = not ray.is_initialized()
-    if own_ray:
-        t0 = time.perf_counter()
-        if address is None:
-            # Quiet, telemetry-free local Ray unless the user configured otherwise.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(
-                num_cpus=local_ray_cpus(job),
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
-        else:
-            ray.init(address=address, logging_level="ERROR")
-        timings["ray_start_s"] = time.perf_counter() - t0
+    watchdog = None
     try:
+        if own_ray:
+            t0 = time.perf_counter()
+            if address is None:
+                # Quiet, telemetry-free local Ray unless the user configured otherwise.
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                # The watchdog ends this Ray's processes if this process dies without
+                # shutting it down (pipelines.ray_watchdog).
+                watchdog = Watchdog.start() if watchdog_supported() else None
+                tagged = watchdog.token_in_environ() if watchdog else contextlib.nullcontext()
+                with tagged:
+                    ray.init(
+                        num_cpus=local_ray_cpus(job),
+                        include_dashboard=False,
+                        logging_level="ERROR",
+                        log_to_driver=False,
+                    )
+            else:
+                ray.init(address=address, logging_level="ERROR")
+            timings["ray_start_s"] = time.perf_counter() - t0
         import ray.data
 
         if own_ray:
@@ -184,6 +195,8 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
     finally:
         if own_ray:
             ray.shutdown()
+        if watchdog is not None:
+            watchdog.close()
 
 
 def _steady_rate(arrivals: list[tuple[float, int]], total_s: float) -> dict[str, float]:
