@@ -108,6 +108,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     todo = [k for k in range(plan.num_shards) if k not in done]
     todo_rows = sum(plan.shard_rows(k)[1] - plan.shard_rows(k)[0] for k in todo)
     timings: dict[str, float] = {}
+    written: dict[str, Any] = {}
     try:
         if todo and job.executor == "inline":
             run_inline(plan, todo, todo_rows, timings)
@@ -115,7 +116,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
             run_ray(plan, todo, todo_rows, timings)
         if EMBEDDING in job.metrics:
             t0 = time.perf_counter()
-            write_embedding_metrics(
+            written = write_embedding_metrics(
                 scores, job.run, num_clusters=job.num_clusters, dedup_eps=job.dedup_eps
             )
             timings["embedding_metrics_s"] = time.perf_counter() - t0
@@ -138,6 +139,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
         "executor": job.executor,
         "replaced": decision.reason,
+        **({"duplicate_share": written["duplicate_share"]} if written else {}),
         # A resumed run that completes no longer carries the failure of an earlier attempt.
         "error": None,
         "failed_shard": None,

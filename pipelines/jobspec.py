@@ -329,8 +329,10 @@ class ScoreJob:
         record="num_clusters",
     )
     dedup_eps: Sequence[float] = _option(
-        (0.05,),
-        help="SemDeDup thresholds, e.g. 0.01,0.05 (stored as dup_eps<eps>)",
+        (0.001,),
+        help="SemDeDup thresholds: a row whose cosine to an earlier one of its cluster is above "
+        "1 - eps is a duplicate, e.g. 0.001,0.01 (stored as dup_eps<eps>; see "
+        "docs/embeddings.md for values)",
         cli=Cli("embedding", metavar="EPS", type=_floats),
         check=_eps_values,
         record="dedup_eps",
