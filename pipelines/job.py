@@ -6,6 +6,11 @@
         store="winnow-store", run="epoch10",
     )
 
+Before anything is written or Ray starts, the driver checks the data (``source.plan()``: columns,
+types, ids, and a fingerprint of the files), the models and the actor pool
+(``pipelines.preflight``), and decides what to do with an existing run of that name
+(``pipelines.rerun``: continue it, replace it, or refuse saying which option applies).
+
 How it runs. Rows are cut into deterministic shards (shard ``k`` = row positions
 ``[k*S, (k+1)*S)``); a Ray Data dataset of shard numbers flows through
 ``map_batches(ShardScorer, compute=ActorPoolStrategy(...))``. Each actor builds the models and
@@ -16,7 +21,8 @@ skips shards whose every output is already committed, so a crash at any point lo
 duplicates nothing.
 
 Ray. Imported lazily, only here. With no Ray running and no ``address``, the job starts a local
-Ray (``ray.init(num_cpus=...)``) and shuts it down at the end; ``address="auto"`` or
+Ray (``ray.init(num_cpus=...)``), watched by ``pipelines.ray_watchdog`` in case this process
+dies, and shuts it down at the end; ``address="auto"`` or
 ``"ray://host:port"`` joins a cluster instead (the store root must then be reachable from every
 node). If Ray is already initialised in this process, that Ray is used and left running. Actors
 never claim every CPU (a 2-CPU pool of 1-CPU actors deadlocks Ray Data): by default each actor
