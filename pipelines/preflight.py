@@ -9,7 +9,8 @@ checked first, each with a one-line ``ValueError``/``TypeError``:
 - the models: factories import (module and attribute) and build on the ``meta`` device (no
   memory for the weights); checkpoint keys and shapes fit (``--checkpoint-key``,
   ``--strip-prefix``); ``--embed-layer`` names a layer, or the model has ``embed()``;
-- the actor pool of a local Ray the job will start: it must not claim every CPU.
+- the actor pool of a local Ray the job will start: it must not claim every CPU (with
+  ``--device cuda`` only when ``--actors`` is given; otherwise it is one actor per GPU).
 
 See docs/scoring-job.md.
 """
@@ -29,7 +30,8 @@ def check_job(job: ScoreJob) -> None:
     check_model(job.model, embed_layer=job.embed_layer, needs_embedding=needs_embedding)
     if job.reference is not None:
         check_model(job.reference)
-    if job.executor == "ray":
+    # With --device cuda and no --actors, the pool's size is the GPU count, known once Ray runs.
+    if job.executor == "ray" and (job.device == "cpu" or job.actors is not None):
         cpus = local_ray_cpus(job)
         if cpus is not None:
             plan_actors(float(cpus), None, job.actors, job.cpus_per_actor, job.device)

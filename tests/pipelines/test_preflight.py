@@ -58,6 +58,8 @@ def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, monkeypatch, o
         raise AssertionError("the job reached Ray")
 
     monkeypatch.setattr("winnow.pipelines.job.run_ray", no_ray)
+    if sys.modules.get("ray") is not None:  # as a fresh process: the job would start its Ray
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     options = {k: v.format(**inputs) if isinstance(v, str) else v for k, v in options.items()}
     job = {"data": inputs["data"], "model": f"{FIX}:mlp", "feature_columns": "x",
            "store": tmp_path / "s", "run": "r", "progress": False, **options}  # fmt: skip
@@ -105,3 +107,13 @@ def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs):
     assert len(lines) == 3 and all(line.startswith("winnow score: error: ") for line in lines)
     assert "pass --strip-prefix model." in lines[0] and "'body.9'" in lines[1]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_gpu_pool_sized_by_the_gpu_count_is_not_refused_before_ray(tmp_path, monkeypatch):
+    """Without --actors, a cuda pool has one actor per GPU, known only once Ray runs."""
+    reached = []
+    monkeypatch.setattr("winnow.pipelines.job.run_ray", lambda *args: reached.append(args))
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 20})
+    pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", device="cuda",
+                    cpus_per_actor=1.0, num_cpus=2, progress=False)  # fmt: skip
+    assert len(reached) == 1
