@@ -24,6 +24,7 @@ _LAZY = {
     "run_demo": "winnow.pipelines.demo",
     "ShardError": "winnow.pipelines.scorer",
     "ParquetSource": "winnow.pipelines.sources",
+    "HFDatasetSource": "winnow.pipelines.sources",
     "DatasetSource": "winnow.pipelines.sources",
     "ModelSpec": "winnow.pipelines.models",
 }

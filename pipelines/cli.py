@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "winnow.pipelines.cli_store",
     "winnow.pipelines.cli_score",
     "winnow.pipelines.cli_report",
+    "winnow.pipelines.cli_rm",
 )
 
 

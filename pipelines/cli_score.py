@@ -10,12 +10,15 @@ torch are imported inside the commands.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
 import shutil
 import sys
 import textwrap
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from winnow.pipelines.jobspec import Cli, ScoreJob
@@ -172,16 +175,38 @@ def _cmd_job(args: argparse.Namespace) -> int:
         _import_module(name)
     job = job_from_args(args)
     try:
-        run_job(job)
+        with _warnings_as_lines(args.command):
+            run_job(job)
     except ShardError as exc:
         message = " ".join(str(exc).split())  # one line, as every `winnow` error
         print(f"winnow {args.command}: error: {message}", file=sys.stderr)
         print(
-            "  committed shards are kept; fix the model or data and rerun with --resume",
+            "  committed shards are kept: fix the model's code or the data and rerun with "
+            "--resume; with another --model, checkpoint or metric, rerun without --resume (the "
+            "failed run is replaced)",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """The job's own warnings (``DuplicatesWarning``) as ``winnow <cmd>: warning: ...`` lines;
+    any other warning is shown as Python would."""
+    from winnow.pipelines.embed import DuplicatesWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DuplicatesWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, DuplicatesWarning):
+                    message = " ".join(str(w.message).split())
+                    print(f"winnow {command}: warning: {message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -7,23 +7,27 @@ inside ``run_ray``.
 
 ``run_ray`` uses the Ray already initialised in this process if there is one (and leaves it
 running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
-and shuts it down (disconnects) at the end. Actors never claim every CPU: an actor pool that
-does deadlocks Ray Data on a small machine.
+and shuts it down (disconnects) at the end. A local Ray it starts is watched by
+``pipelines.ray_watchdog``, which ends its processes if this process dies without shutting it
+down (SIGKILL, OOM). Actors never claim every CPU: an actor pool that does deadlocks Ray Data
+on a small machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-import types
 from typing import Any
 
-from winnow.pipelines.jobspec import ShardPlan
+from winnow.pipelines.jobspec import ScoreJob, ShardPlan
+from winnow.pipelines.ray_watchdog import Watchdog
+from winnow.pipelines.ray_watchdog import supported as watchdog_supported
 from winnow.pipelines.scorer import ShardError, ShardScorer
 
-__all__ = ["run_inline", "run_ray"]
+__all__ = ["local_ray_cpus", "plan_actors", "run_inline", "run_ray"]
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -50,28 +54,42 @@ def run_inline(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[s
     timings["scoring_cpu_s"] = time.process_time() - cpu0
 
 
-def _resources(
-    ray: types.ModuleType, actors: int | None, cpus_per_actor: float | None, device: str
+def plan_actors(
+    total_cpus: float,
+    total_gpus: float | None,
+    actors: int | None,
+    cpus_per_actor: float | None,
+    device: str,
 ) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU for Ray Data."""
-    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU for Ray Data.
+
+    ``total_gpus=None``: not known yet (checked once Ray runs). Raises ``ValueError`` for a pool
+    that would claim every CPU (Ray Data then deadlocks) or GPUs that are not there.
+    """
     gpus_per_actor = 0.0
     if device != "cpu":
-        total_gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        if total_gpus < 1:
+        if total_gpus is not None and total_gpus < 1:
             raise ValueError(f"device {device!r} requested but the Ray cluster has no GPU")
         gpus_per_actor = 1.0
-        actors = actors or int(total_gpus)
+        actors = actors or (int(total_gpus) if total_gpus is not None else None)
     if actors is None:
         actors = max(1, min(int(total_cpus), 8))
     if cpus_per_actor is None:  # (positive values are checked by ScoreJob)
         cpus_per_actor = max(0.25, min(4.0, (total_cpus - 1.0) / actors))
     if cpus_per_actor * actors >= total_cpus:
         raise ValueError(
-            f"{actors} actors x {cpus_per_actor} CPUs claim all {total_cpus:g} CPUs of the "
+            f"{actors} actors x {cpus_per_actor:g} CPUs claim all {total_cpus:g} CPUs of the "
             "cluster; Ray Data then deadlocks. Use fewer actors or a smaller cpus_per_actor."
         )
     return actors, cpus_per_actor, gpus_per_actor
+
+
+def local_ray_cpus(job: ScoreJob) -> int | None:
+    """CPUs of the local Ray the job will start itself, or None if it joins a running one."""
+    ray = sys.modules.get("ray")
+    if job.address is not None or (ray is not None and ray.is_initialized()):
+        return None
+    return job.num_cpus or os.cpu_count() or 1
 
 
 # glibc malloc settings for the scorer actors. Measured on this project's 2-core box (SmallCNN,
@@ -97,25 +115,31 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
     import ray
 
     job = plan.job
-    address, num_cpus = job.address, job.num_cpus
+    address = job.address
 
     own_ray = not ray.is_initialized()
-    if own_ray:
-        t0 = time.perf_counter()
-        if address is None:
-            # Quiet, telemetry-free local Ray unless the user configured otherwise.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
-        else:
-            ray.init(address=address, logging_level="ERROR")
-        timings["ray_start_s"] = time.perf_counter() - t0
+    watchdog = None
     try:
+        if own_ray:
+            t0 = time.perf_counter()
+            if address is None:
+                # Quiet, telemetry-free local Ray unless the user configured otherwise.
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                # The watchdog ends this Ray's processes if this process dies without
+                # shutting it down (pipelines.ray_watchdog).
+                watchdog = Watchdog.start() if watchdog_supported() else None
+                tagged = watchdog.token_in_environ() if watchdog else contextlib.nullcontext()
+                with tagged:
+                    ray.init(
+                        num_cpus=local_ray_cpus(job),
+                        include_dashboard=False,
+                        logging_level="ERROR",
+                        log_to_driver=False,
+                    )
+            else:
+                ray.init(address=address, logging_level="ERROR")
+            timings["ray_start_s"] = time.perf_counter() - t0
         import ray.data
 
         if own_ray:
@@ -124,7 +148,14 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        n_actors, cpus, gpus = _resources(ray, job.actors, job.cpus_per_actor, job.device)
+        resources = ray.cluster_resources()
+        n_actors, cpus, gpus = plan_actors(
+            float(resources.get("CPU", 1.0)),
+            float(resources.get("GPU", 0.0)),
+            job.actors,
+            job.cpus_per_actor,
+            job.device,
+        )
         n_actors = min(n_actors, len(todo))
         shards = ray.data.from_items(
             [{"shard": k} for k in todo], override_num_blocks=len(todo)
@@ -164,6 +195,8 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
     finally:
         if own_ray:
             ray.shutdown()
+        if watchdog is not None:
+            watchdog.close()
 
 
 def _steady_rate(arrivals: list[tuple[float, int]], total_s: float) -> dict[str, float]:

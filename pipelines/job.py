@@ -6,6 +6,11 @@
         store="winnow-store", run="epoch10",
     )
 
+Before anything is written or Ray starts, the driver checks the data (``source.plan()``: columns,
+types, ids, and a fingerprint of the files), the models and the actor pool
+(``pipelines.preflight``), and decides what to do with an existing run of that name
+(``pipelines.rerun``: continue it, replace it, or refuse saying which option applies).
+
 How it runs. Rows are cut into deterministic shards (shard ``k`` = row positions
 ``[k*S, (k+1)*S)``); a Ray Data dataset of shard numbers flows through
 ``map_batches(ShardScorer, compute=ActorPoolStrategy(...))``. Each actor builds the models and
@@ -16,7 +21,8 @@ skips shards whose every output is already committed, so a crash at any point lo
 duplicates nothing.
 
 Ray. Imported lazily, only here. With no Ray running and no ``address``, the job starts a local
-Ray (``ray.init(num_cpus=...)``) and shuts it down at the end; ``address="auto"`` or
+Ray (``ray.init(num_cpus=...)``), watched by ``pipelines.ray_watchdog`` in case this process
+dies, and shuts it down at the end; ``address="auto"`` or
 ``"ray://host:port"`` joins a cluster instead (the store root must then be reachable from every
 node). If Ray is already initialised in this process, that Ray is used and left running. Actors
 never claim every CPU (a 2-CPU pool of 1-CPU actors deadlocks Ray Data): by default each actor
@@ -33,9 +39,11 @@ from typing import Any
 
 from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
 from winnow.pipelines.executors import run_inline, run_ray
-from winnow.pipelines.jobspec import RESUME_KEYS, ScoreJob, ShardPlan, default_shard_size
+from winnow.pipelines.jobspec import ScoreJob, ShardPlan, default_shard_size
 from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
 from winnow.pipelines.models import describe_model
+from winnow.pipelines.preflight import check_job
+from winnow.pipelines.rerun import decide
 from winnow.pipelines.scorer import ShardError
 
 __all__ = ["score", "run_job", "default_shard_size", "ShardError"]
@@ -72,18 +80,23 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     resolve_metrics(job.metrics, has_labels=data_plan.has_labels)
     scores = ScoreStore(job.store)
     identity = describe_model(job.model)
-    existing = _existing_manifest(scores, job.run)
-    if existing is not None and not job.resume:
-        raise ValueError(
-            f"run {job.run!r} already exists in {job.store} (status "
-            f"{existing.get('status')!r}); pass --resume to continue it, or choose another --run"
-        )
     config = job.manifest_config(
         num_rows=data_plan.num_rows,
         shard_size=job.shard_size or default_shard_size(data_plan.num_rows),
+        source_fingerprint=data_plan.fingerprint,
     )
-    if existing is not None:  # a resumed run keeps the shards it was cut into
-        config["shard_size"] = _check_resumable(existing, config, identity, job.shard_size)
+    existing = _existing_manifest(scores, job.run)
+    counts = scores.row_counts(job.run)
+    if existing is None and any(counts[key] for key in ("row_counts", "vector_rows")):
+        existing = {"name": job.run, "status": "unknown"}  # files without a manifest
+    decision = decide(existing, job, config, identity, counts)
+    check_job(job)  # models, embedding layer, actor pool: before anything is written
+    if decision.action == "continue":  # a resumed run keeps the shards it was cut into
+        config["shard_size"] = decision.shard_size
+    elif decision.action == "replace":
+        scores.remove_run(job.run)
+        if job.progress:
+            print(f"winnow score: replacing run {job.run!r} ({decision.reason})", file=sys.stderr)
     plan = ShardPlan(job=job, num_rows=data_plan.num_rows, shard_size=config["shard_size"])
     outputs = list(scalar_outputs(job.entries))
     if EMBEDDING in job.metrics:
@@ -101,6 +114,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     todo = [k for k in range(plan.num_shards) if k not in done]
     todo_rows = sum(plan.shard_rows(k)[1] - plan.shard_rows(k)[0] for k in todo)
     timings: dict[str, float] = {}
+    written: dict[str, Any] = {}
     try:
         if todo and job.executor == "inline":
             run_inline(plan, todo, todo_rows, timings)
@@ -108,13 +122,17 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
             run_ray(plan, todo, todo_rows, timings)
         if EMBEDDING in job.metrics:
             t0 = time.perf_counter()
-            write_embedding_metrics(
+            written = write_embedding_metrics(
                 scores, job.run, num_clusters=job.num_clusters, dedup_eps=job.dedup_eps
             )
             timings["embedding_metrics_s"] = time.perf_counter() - t0
     except ShardError as exc:
         failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
         scores.finish_run(job.run, status="failed", extra=failure)
+        raise
+    except BaseException as exc:  # any other end is recorded too, then re-raised as it was
+        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+        scores.finish_run(job.run, status=status, extra={"error": _one_line(exc)})
         raise
     seconds = time.perf_counter() - started
     scoring_s = timings.get("scoring_s", 0.0)
@@ -126,6 +144,8 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "rows_per_s": round(todo_rows / scoring_s, 1) if scoring_s > 0 else None,
         "executor": job.executor,
+        "replaced": decision.reason,
+        **({"duplicate_share": written["duplicate_share"]} if written else {}),
         # A resumed run that completes no longer carries the failure of an earlier attempt.
         "error": None,
         "failed_shard": None,
@@ -162,34 +182,8 @@ def _existing_manifest(scores: Any, run: str) -> dict[str, Any] | None:
         return None
 
 
-def _check_resumable(
-    manifest: Mapping[str, Any],
-    config: Mapping[str, Any],
-    model: Mapping[str, Any] | None,
-    shard_size: int | None,
-) -> int:
-    """The stored shard size, after checking the resumed job is the same job.
-
-    Same model identity (factory, kwargs, checkpoint hash) and the same ``RESUME_KEYS`` of the
-    manifest config (data, metrics, reference, embedding layer, rows); the model's code may
-    change (that is how a failing model gets fixed before ``--resume``).
-    """
-    if manifest.get("model") != model:
-        raise ValueError(
-            f"cannot resume run {manifest.get('name')!r}: the model differs "
-            f"(stored {manifest.get('model')!r}, now {model!r})"
-        )
-    stored = manifest.get("config", {})
-    for key in RESUME_KEYS:
-        if stored.get(key) != config[key]:
-            raise ValueError(
-                f"cannot resume run {manifest.get('name')!r}: {key} differs "
-                f"(stored {stored.get(key)!r}, now {config[key]!r})"
-            )
-    stored_shard = int(stored["shard_size"])
-    if shard_size is not None and shard_size != stored_shard:
-        raise ValueError(f"cannot resume with shard_size {shard_size}: the run uses {stored_shard}")
-    return stored_shard
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _completed_shards(scores: Any, plan: ShardPlan) -> set[int]:

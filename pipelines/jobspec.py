@@ -24,7 +24,7 @@ from typing import Any
 
 from winnow.pipelines.metric_registry import Metric, resolve_metrics
 from winnow.pipelines.models import ModelSpec, describe_model
-from winnow.pipelines.sources import DatasetSource, ParquetSource, make_source
+from winnow.pipelines.sources import SOURCE_TYPES, make_source
 
 __all__ = ["Cli", "ScoreJob", "ShardPlan", "RESUME_KEYS", "default_shard_size"]
 
@@ -206,16 +206,18 @@ class ScoreJob:
 
     Built from keyword arguments (the keywords of ``pipelines.score``); refuses a bad option
     with ``ValueError``/``TypeError`` naming it, before anything is read or written. After
-    construction ``data`` is a ``ParquetSource``/``DatasetSource``, ``model`` a ``ModelSpec``
+    construction ``data`` is a ``ParquetSource``/``HFDatasetSource``/``DatasetSource``,
+    ``model`` a ``ModelSpec``
     (with ``checkpoint``), ``reference`` a ``ModelSpec`` or None, ``metrics`` the metric names
     in registry order and ``entries`` their registry entries (which travel to the actors).
     Whether the data has the labels the metrics need is checked by ``pipelines.score`` once it
     has read the data's schema.
     """
 
-    data: str | os.PathLike | ParquetSource | DatasetSource = _option(
-        help="a Parquet file/directory, or module:factory returning a map-style Dataset of "
-        "(x, y) items (ids are its indices)",
+    data: Any = _option(
+        help="a Parquet file/directory, a directory written by datasets' save_to_disk, or "
+        "module:factory returning a map-style torch Dataset of (x, y) items (ids are its "
+        "indices); from Python also a datasets.Dataset",
         cli=Cli("data", metavar="SOURCE", required=True),
         record="source",
         identity=True,
@@ -244,9 +246,24 @@ class ScoreJob:
     )
     checkpoint: str | None = _option(
         None,
-        help="the model's state_dict (loaded weights_only)",
+        help="the model's checkpoint: a state_dict, or a dict holding one (a Lightning .ckpt, "
+        "...); loaded with weights_only=True",
         cli=Cli("model", metavar="PATH"),
         check=_optional_path,
+    )
+    checkpoint_key: str | None = _option(
+        None,
+        help="the key of the state_dict inside the checkpoint, dotted for nested dicts "
+        "(default: state_dict, model_state_dict or model if present, else the whole dict)",
+        cli=Cli("model", metavar="KEY"),
+        check=_optional_str,
+    )
+    strip_prefix: str | None = _option(
+        None,
+        help="keep the checkpoint keys that start with PREFIX, without it (e.g. 'model.' for "
+        "a Lightning checkpoint)",
+        cli=Cli("model", metavar="PREFIX"),
+        check=_optional_str,
     )
     reference: str | ModelSpec | None = _option(
         None,
@@ -257,20 +274,39 @@ class ScoreJob:
     )
     reference_checkpoint: str | None = _option(
         None,
-        help="the reference model's state_dict",
+        help="the reference model's checkpoint",
         cli=Cli("metrics", metavar="PATH", commands=_SCORE),
         check=_optional_path,
     )
-    id_column: str = _option("example_id", help="Parquet id column", cli=Cli("data"), check=_str)
+    reference_checkpoint_key: str | None = _option(
+        None,
+        help="as --checkpoint-key, for the reference checkpoint",
+        cli=Cli("metrics", metavar="KEY", commands=_SCORE),
+        check=_optional_str,
+    )
+    reference_strip_prefix: str | None = _option(
+        None,
+        help="as --strip-prefix, for the reference checkpoint",
+        cli=Cli("metrics", metavar="PREFIX", commands=_SCORE),
+        check=_optional_str,
+    )
+    id_column: str | None = _option(
+        None,
+        help="id column of a Parquet or Hugging Face source (default: example_id if the data "
+        "has it, else the row positions 0..N-1)",
+        cli=Cli("data", metavar="NAME"),
+        check=_optional_str,
+    )
     feature_columns: tuple[str, ...] | str | None = _option(
         None,
-        help="Parquet feature column(s): one list column, or several scalar columns a,b,c",
+        help="feature column(s) of a Parquet or Hugging Face source: one (nested) list "
+        "column, or several numeric columns a,b,c",
         cli=Cli("data", metavar="COLS"),
         check=_columns,
     )
     label_column: str | None = _option(
         "label",
-        help="Parquet label column ('' for none)",
+        help="label column of a Parquet or Hugging Face source ('' for none)",
         cli=Cli("data", type=_none_if_empty),
         check=_optional_str,
     )
@@ -293,8 +329,10 @@ class ScoreJob:
         record="num_clusters",
     )
     dedup_eps: Sequence[float] = _option(
-        (0.05,),
-        help="SemDeDup thresholds, e.g. 0.01,0.05 (stored as dup_eps<eps>)",
+        (0.001,),
+        help="SemDeDup thresholds: a row whose cosine to an earlier one of its cluster is above "
+        "1 - eps is a duplicate, e.g. 0.001,0.01 (stored as dup_eps<eps>; see "
+        "docs/embeddings.md for values)",
         cli=Cli("embedding", metavar="EPS", type=_floats),
         check=_eps_values,
         record="dedup_eps",
@@ -352,7 +390,15 @@ class ScoreJob:
     )
     resume: bool = _option(
         False,
-        help="continue an existing run: skip shards already committed",
+        help="continue an existing run: skip shards already committed (refused if the data, "
+        "model or metrics changed)",
+        cli=Cli("run", action="store_true"),
+        check=_bool,
+    )
+    overwrite: bool = _option(
+        False,
+        help="replace an existing run of this name (it is removed first, once the job's "
+        "checks pass)",
         cli=Cli("run", action="store_true"),
         check=_bool,
     )
@@ -375,9 +421,26 @@ class ScoreJob:
             check = f.metadata.get("check")
             if check is not None:
                 object.__setattr__(self, f.name, check(f.name, value))
-        model = _model_spec("model", self.model, self.checkpoint, required=True)
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume and overwrite exclude each other: --resume continues the run, "
+                "--overwrite replaces it"
+            )
+        model = _model_spec(
+            "model",
+            self.model,
+            checkpoint=self.checkpoint,
+            checkpoint_key=self.checkpoint_key,
+            strip_prefix=self.strip_prefix,
+            required=True,
+        )
         reference = _model_spec(
-            "reference", self.reference, self.reference_checkpoint, required=False
+            "reference",
+            self.reference,
+            checkpoint=self.reference_checkpoint,
+            checkpoint_key=self.reference_checkpoint_key,
+            strip_prefix=self.reference_strip_prefix,
+            required=False,
         )
         entries = resolve_metrics(self.metrics, has_reference=reference is not None)
         source = make_source(
@@ -388,53 +451,69 @@ class ScoreJob:
             kwargs=self.data_kwargs,
         )
         object.__setattr__(self, "model", model)
-        object.__setattr__(self, "checkpoint", model.checkpoint)
         object.__setattr__(self, "reference", reference)
-        object.__setattr__(
-            self, "reference_checkpoint", None if reference is None else reference.checkpoint
-        )
+        for name in ("checkpoint", "checkpoint_key", "strip_prefix"):
+            object.__setattr__(self, name, getattr(model, name))
+            ref_value = None if reference is None else getattr(reference, name)
+            object.__setattr__(self, f"reference_{name}", ref_value)
         object.__setattr__(self, "data", source)
         object.__setattr__(self, "metrics", tuple(m.name for m in entries))
         object.__setattr__(self, "entries", entries)
 
-    def manifest_config(self, *, num_rows: int, shard_size: int) -> dict[str, Any]:
+    def manifest_config(
+        self,
+        *,
+        num_rows: int,
+        shard_size: int,
+        source_fingerprint: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The run manifest's ``config``: every field with a ``record`` key, as JSON values,
-        plus the data's ``num_rows`` and the ``shard_size`` the shards were cut with."""
+        plus the data's ``num_rows``, the ``shard_size`` the shards were cut with and, when
+        given, the source's fingerprint (``pipelines.fingerprint``)."""
         config = {
             f.metadata["record"]: _jsonable(getattr(self, f.name))
             for f in fields(self)
             if f.metadata.get("record")
         }
         config.update(num_rows=num_rows, shard_size=shard_size)
+        if source_fingerprint is not None:
+            config["source_fingerprint"] = dict(source_fingerprint)
         return config
 
 
 def _model_spec(
-    name: str, value: Any, checkpoint: str | None, *, required: bool
+    name: str, value: Any, *, required: bool, **checkpoint: str | None
 ) -> ModelSpec | None:
-    """``value`` as a ``ModelSpec``; a checkpoint is given once (in the spec or beside it)."""
+    """``value`` as a ``ModelSpec``. The checkpoint options (``checkpoint``,
+    ``checkpoint_key``, ``strip_prefix``) are given once: in the spec or beside it."""
+    prefix = "" if name == "model" else f"{name}_"
     if value is None:
         if required:
             raise TypeError(f"{name} must be 'module:factory' or a ModelSpec, got None")
-        if checkpoint is not None:
-            raise ValueError(f"{name}_checkpoint {checkpoint!r} given without a {name} factory")
+        for option, given in checkpoint.items():
+            if given is not None:
+                raise ValueError(f"{prefix}{option} {given!r} given without a {name} factory")
         return None
     if isinstance(value, ModelSpec):
-        if checkpoint is not None and os.path.abspath(checkpoint) != value.checkpoint:
-            raise ValueError(
-                f"{name}_checkpoint {checkpoint!r} differs from the {name} ModelSpec's "
-                f"checkpoint {value.checkpoint!r}; give it in one place"
-            )
+        given = {k: v for k, v in checkpoint.items() if v is not None}
+        if given.get("checkpoint") is not None:
+            given["checkpoint"] = os.path.abspath(given["checkpoint"])
+        for option, new in given.items():
+            if new != getattr(value, option):
+                raise ValueError(
+                    f"{prefix}{option} {checkpoint[option]!r} differs from the {name} "
+                    f"ModelSpec's {option} {getattr(value, option)!r}; give it in one place"
+                )
         return value
     if not isinstance(value, str):
         raise TypeError(
             f"{name} must be 'module:factory' or a ModelSpec, got {_type_name(value)} {value!r}"
         )
-    return ModelSpec(value, checkpoint)
+    return ModelSpec(value, **checkpoint)
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, ParquetSource | DatasetSource):
+    if isinstance(value, SOURCE_TYPES):
         return value.describe()
     if isinstance(value, ModelSpec):
         return describe_model(value)

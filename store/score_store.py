@@ -20,6 +20,7 @@ from winnow.store.errors import StoreWarning, UnknownMetricError, UnknownRunErro
 from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_checked, write_parquet
 from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
 from winnow.store.query import SqlEngine
+from winnow.store.remove import remove_run
 from winnow.store.trace import TraceWriter
 from winnow.store.validation import check_ids, check_same_length, check_values
 
@@ -415,6 +416,12 @@ class ScoreStore:
             files = self._sfs.shard_files(self._partition("vectors", run, "name", name))
             counts["vector_rows"][name] = sum(count_rows(self._sfs, p) for p in files.values())
         return counts
+
+    def remove_run(self, run: str) -> dict[str, Any]:
+        """Delete run ``run``: its manifest first, then its scores, vectors and trace, each
+        renamed to a hidden name before it is deleted, so readers see the run whole or not at
+        all (``store.remove``). Returns what it held; ``UnknownRunError`` if nothing."""
+        return remove_run(self._sfs, run)
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's manifest, sorted by name; runs with data but no manifest appear as

@@ -23,6 +23,7 @@ __all__ = [
     "exploding_mlp",
     "make_arrays",
     "mlp",
+    "mlp_only_on_meta",
     "mlp_with_loss",
     "slow_mlp",
     "tensor_dataset",
@@ -72,15 +73,20 @@ def write_parquet(
     *,
     files: int = 2,
     row_group_size: int = 64,
+    with_ids: bool = True,
 ) -> Path:
-    """Split rows over ``files`` Parquet files (small row groups) with a fixed-size-list column."""
+    """Split rows over ``files`` Parquet files (small row groups) with a fixed-size-list column.
+
+    ``with_ids=False`` writes no ``example_id`` column (the job then uses row positions).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ids = np.arange(len(x), dtype=np.int64) if ids is None else ids
     for part, rows in enumerate(np.array_split(np.arange(len(x)), files)):
         flat = pa.array(x[rows].ravel())
+        columns = {"example_id": pa.array(ids[rows], pa.int64())} if with_ids else {}
         table = pa.table(
             {
-                "example_id": pa.array(ids[rows], pa.int64()),
+                **columns,
                 "x": pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
                 "label": pa.array(y[rows], pa.int64()),
             }
@@ -92,6 +98,14 @@ def write_parquet(
 def mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return MLP(in_features=40, hidden=32)
+
+
+def mlp_only_on_meta(seed: int = 0) -> nn.Module:
+    """Builds on the meta device (the driver's check) but not for real: stands for a factory
+    that fails only where the shards are scored (a file or GPU missing on a worker)."""
+    if torch.empty(0).device.type != "meta":
+        raise OSError("weights file missing on this worker")
+    return mlp(seed)
 
 
 def mlp_with_loss(seed: int = 0) -> tuple[nn.Module, nn.Module]:

@@ -154,3 +154,49 @@ def test_winnow_script_finds_factories_in_the_working_directory(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert ScoreStore(tmp_path / "store").manifest("r")["row_counts"] == {"loss": 30}
+
+
+def _relu_embeddings(n: int = 1000, copies: int = 30) -> np.ndarray:
+    """Post-ReLU embeddings (SmallCNN, untrained) of random inputs; the last ``copies`` rows
+    repeat the first ones exactly."""
+    from winnow.pipelines.toydata import SmallCNN
+
+    x = np.random.default_rng(0).normal(size=(n, 40)).astype(np.float32)
+    x = np.concatenate([x, x[:copies]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return SmallCNN().eval().embed(torch.from_numpy(x)).numpy()
+
+
+def test_default_dedup_eps_finds_copies_and_few_others_and_a_loose_one_warns(tmp_path):
+    """Non-negative (post-ReLU) vectors are all alike by cosine: eps 0.1 flags most of them,
+    which warns; the default (docs/embeddings.md) flags the planted copies only."""
+    from winnow.pipelines import ScoreJob
+    from winnow.pipelines.embed import DuplicatesWarning
+
+    assert ScoreJob(data=f"{FIX}:tensor_dataset", model=f"{FIX}:mlp", store=tmp_path,
+                    run="r").dedup_eps == (0.001,)  # fmt: skip
+    store = ScoreStore(tmp_path)
+    vectors = _relu_embeddings()
+    store.write_vectors("r", "embedding", np.arange(len(vectors)), vectors)
+    with pytest.warns(DuplicatesWarning, match=r"dup_eps0.1 flags [5-9]\d% of the 1030 rows"):
+        shares = write_embedding_metrics(store, "r", dedup_eps=(0.1, 0.001))["duplicate_share"]
+    assert shares["dup_eps0.1"] > 0.5
+    flags = store.read("r", "dup_eps0.001")[0].astype(bool)
+    assert (flags[:30] | flags[1000:]).all()  # one of each planted pair
+    assert flags[30:1000].mean() < 0.01 and shares["dup_eps0.001"] < 0.05
+
+
+def test_embed_command_prints_a_warning_line_when_most_rows_are_flagged(tmp_path, capsys):
+    x, y = make_arrays(300, seed=4)
+    data = write_parquet(tmp_path / "data", x, y)
+    argv = ["embed", "--data", str(data), "--feature-columns", "x",
+            "--model", "tests.pipelines.test_embed_cli:sequential_net", "--embed-layer", "1",
+            "--store", str(tmp_path / "store"), "--run", "emb", "--executor", "inline",
+            "--dedup-eps", "0.5", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("winnow embed: warning: ")]
+    assert len(lines) == 1 and "dup_eps0.5 flags" in lines[0] and "--dedup-eps" in lines[0]
+    manifest = ScoreStore(tmp_path / "store").manifest("emb")
+    assert manifest["extra"]["duplicate_share"]["dup_eps0.5"] > 0.5

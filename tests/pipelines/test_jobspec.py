@@ -53,13 +53,16 @@ BAD_OPTIONS = [
      r"checkpoint '/nonexistent/ckpt.pt' does not exist"),
     ({"reference_checkpoint": "r.pt"}, ValueError,
      r"reference_checkpoint 'r.pt' given without a reference factory"),
+    ({"strip_prefix": "model."}, ValueError, r"strip_prefix 'model.' given without a checkpoint"),
+    ({"checkpoint_key": ""}, ValueError, r"checkpoint_key must be a non-empty str, got ''"),
     ({"reference": 3}, TypeError, r"reference must be 'module:factory' or a ModelSpec, got int"),
     ({"model": "no_colon"}, ValueError, r"model factory must look like 'package.module:attr'"),
     ({"model": None}, TypeError, r"model must be 'module:factory' or a ModelSpec, got None"),
     ({"data": "/nonexistent/d.parquet", "feature_columns": "x"}, FileNotFoundError,
      r"Parquet source '/nonexistent/d.parquet' does not exist"),
     ({"data": "/nonexistent/d.parquet"}, ValueError, r"needs feature columns"),
-    ({"data": 3}, TypeError, r"data must be a path, 'module:factory' or a source"),
+    ({"data": 3}, TypeError,
+     r"data must be a path, 'module:factory', a datasets.Dataset or a source"),
     ({"bogus_option": 1}, TypeError, r"unexpected keyword argument 'bogus_option'"),
 ]  # fmt: skip
 
@@ -157,6 +160,8 @@ def test_cli_and_score_build_equal_jobs(tmp_path, monkeypatch):
         "--clusters", "7", "--dedup-eps", "0.01,0.1", "--address", "auto", "--actors", "3",
         "--cpus-per-actor", "0.5", "--num-cpus", "4", "--batch-size", "32",
         "--shard-size", "100", "--device", "cuda:1", "--executor", "inline",
+        "--checkpoint-key", "ema.weights", "--strip-prefix", "model.",
+        "--reference-checkpoint-key", "state_dict", "--reference-strip-prefix", "net.",
     ]  # fmt: skip
     assert main(argv) == 0
     pipelines.score(
@@ -166,14 +171,22 @@ def test_cli_and_score_build_equal_jobs(tmp_path, monkeypatch):
         reference=f"{FIX}:mlp", reference_checkpoint=str(ref), num_clusters=7,
         dedup_eps=(0.01, 0.1), address="auto", actors=3, cpus_per_actor=0.5, num_cpus=4,
         batch_size=32, shard_size=100, device="cuda:1", executor="inline",
+        checkpoint_key="ema.weights", strip_prefix="model.", reference_checkpoint_key="state_dict",
+        reference_strip_prefix="net.",
     )  # fmt: skip
     from_cli, from_score = jobs
     assert from_cli == from_score
     assert isinstance(from_cli.data, ParquetSource) and from_cli.reference.checkpoint == str(ref)
+    assert from_cli.model.strip_prefix == "model." and from_cli.reference.strip_prefix == "net."
+    # --overwrite excludes --resume: it gets a command line of its own.
+    argv[argv.index("--resume")] = "--overwrite"
+    assert main(argv) == 0
+    assert jobs[-1] == dataclasses.replace(from_cli, resume=False, overwrite=True)
     # Every command-line option was given a non-default value above, so all of them reach the job.
     for f in dataclasses.fields(ScoreJob):
         if f.metadata.get("cli") is not None and f.default is not dataclasses.MISSING:
-            assert getattr(from_cli, f.name) != f.default, f.name
+            job = jobs[-1] if f.name == "overwrite" else from_cli
+            assert getattr(job, f.name) != f.default, f.name
 
 
 def test_cli_defaults_are_the_dataclass_defaults(tmp_path, monkeypatch):

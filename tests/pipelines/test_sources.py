@@ -88,3 +88,41 @@ def test_dataset_source_rejects_non_datasets():
         DatasetSource("tests.pipelines.scoring_fixtures:mlp").plan()
     with pytest.raises(ValueError, match="cannot import module"):
         DatasetSource("no_such_module_xyz:f").plan()
+
+
+def test_parquet_without_id_column_uses_row_positions(tmp_path):
+    """Row positions in sorted file order, then row order: the same on every read (resume)."""
+    x, y = make_arrays(130)
+    write_parquet(tmp_path / "d", x, y, files=3, row_group_size=17, with_ids=False)
+    source = make_source(str(tmp_path / "d"), feature_columns="x")
+    plan = source.plan()
+    assert (plan.num_rows, plan.num_examples, plan.has_labels) == (130, 130, True)
+    reader = source.open()
+    for start, stop, bs in [(0, 130, 64), (40, 110, 32), (129, 130, 8)]:
+        _, got_ids, got_x, got_y = _collect(reader, start, stop, bs)
+        np.testing.assert_array_equal(got_ids, np.arange(start, stop))
+        np.testing.assert_array_equal(got_x, x[start:stop])
+        np.testing.assert_array_equal(got_y, y[start:stop])
+    # A named id column must exist.
+    with pytest.raises(ValueError, match=r"no id column 'example_id'"):
+        make_source(str(tmp_path / "d"), feature_columns="x", id_column="example_id").plan()
+
+
+@pytest.mark.parametrize(
+    ("columns", "options", "error", "match"),
+    [
+        ({"f": ["a", "b"]}, {}, TypeError, r"feature column 'f' .* has type string; expected"),
+        ({"f": [1.0, 2.0], "label": ["cat", "dog"]}, {}, TypeError,
+         r"label column 'label' .* has type string; expected integer, bool or float"),
+        ({"f": [[1.0], [2.0]], "g": [1.0, 2.0]}, {"feature_columns": "f,g"}, TypeError,
+         r"feature column 'f' .* is a list column .* must be the only feature column"),
+        ({"f": [1.0, 2.0], "my_id": [0.5, 1.5]}, {"id_column": "my_id"}, TypeError,
+         r"id column 'my_id' .* must be integer, got double"),
+    ],
+)  # fmt: skip
+def test_parquet_plan_refuses_columns_it_cannot_score(tmp_path, columns, options, error, match):
+    pq.write_table(pa.table(columns), tmp_path / "t.parquet")
+    options = {"feature_columns": "f", "label_column": "label" if "label" in columns else None,
+               **options}  # fmt: skip
+    with pytest.raises(error, match=match):
+        make_source(str(tmp_path / "t.parquet"), **options).plan()

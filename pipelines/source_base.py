@@ -1,0 +1,48 @@
+"""What every scoring source returns: a ``Batch`` of rows, a ``SourcePlan``, an ``ItemError``.
+
+A source is a small picklable description. On the driver, ``plan()`` checks the data (columns,
+types, ids) and counts its rows; inside an actor, ``open()`` returns a reader whose
+``iter_batches(start, stop, size)`` yields ``Batch(ids, x, y)`` for the rows at positions
+``[start, stop)``. See docs/scoring-job.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Batch", "ItemError", "SourcePlan"]
+
+
+@dataclass
+class Batch:
+    """One mini-batch: ids int64 numpy ``[B]``, x tensor ``[B, ...]``, y ``[B]`` or None."""
+
+    ids: np.ndarray
+    x: Any
+    y: Any | None
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What the driver knows before scoring.
+
+    ``num_rows``; ``num_examples`` (largest id + 1); ``has_labels``; ``fingerprint``: a JSON
+    description of the data as it is now (files, sizes, modification times, row counts, Parquet
+    footers; see ``pipelines.fingerprint``), recorded in the run manifest and compared on resume.
+    """
+
+    num_rows: int
+    num_examples: int
+    has_labels: bool
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+class ItemError(RuntimeError):
+    """Reading an example failed; ``example_id`` names the first failing one (None if unknown)."""
+
+    def __init__(self, example_id: int | None, cause: BaseException):
+        self.example_id = example_id
+        super().__init__(f"{type(cause).__name__}: {cause}")

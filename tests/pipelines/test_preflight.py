@@ -1,0 +1,119 @@
+"""Everything `winnow score` can check before Ray starts is checked before Ray starts: fast, one
+line, nothing written, no Ray process."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.pipelines.scoring_fixtures import make_arrays, mlp, write_parquet
+from tests.pipelines.test_models import _lightning_checkpoint
+from winnow import pipelines
+
+FIX = "tests.pipelines.scoring_fixtures"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    x, y = make_arrays(64)
+    data = write_parquet(tmp_path / "data", x, y, files=1)
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["a"] * 4, "label": [0, 1, 0, 1]}), texts)
+    _lightning_checkpoint(tmp_path / "last.ckpt", mlp(0).state_dict())
+    torch.save(mlp(1).state_dict(), tmp_path / "ref.pt")
+    return {"data": str(data), "texts": str(texts), "ckpt": str(tmp_path / "last.ckpt"),
+            "ref": str(tmp_path / "ref.pt")}  # fmt: skip
+
+
+# (options over a valid Parquet job, message). Each is refused by pipelines.score before Ray.
+CASES = [
+    ({"model": "no_such_module_xyz:build"}, "cannot import module 'no_such_module_xyz'"),
+    ({"model": f"{FIX}:nope"}, "has no attribute 'nope'"),
+    ({"checkpoint": "{ckpt}"}, "checkpoint keys start with 'model.'; pass --strip-prefix model."),
+    ({"checkpoint": "{ckpt}", "checkpoint_key": "state_dict", "strip_prefix": "net."},
+     "no key of checkpoint"),
+    ({"metrics": "learnability", "reference": f"{FIX}:mlp", "reference_checkpoint": "{ckpt}"},
+     "does not fit the model"),
+    ({"metrics": "embedding", "embed_layer": "body.9"}, "--embed-layer 'body.9': the model"),
+    ({"metrics": "embedding", "model": "tests.pipelines.test_embed_cli:sequential_net"},
+     "has no embed() method"),
+    ({"feature_columns": "nope"}, "lacks column(s) ['nope']"),
+    ({"data": "{texts}", "feature_columns": "text"}, "feature column 'text'"),
+    ({"label_column": None}, "need labels"),
+    ({"data": "no_such_module_xyz:dataset"}, "cannot import module 'no_such_module_xyz'"),
+    ({"actors": 2, "cpus_per_actor": 1.0, "num_cpus": 2}, "claim all 2 CPUs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("options", "message"), CASES)
+def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, monkeypatch, options, message):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("the job reached Ray")
+
+    monkeypatch.setattr("winnow.pipelines.job.run_ray", no_ray)
+    if sys.modules.get("ray") is not None:  # as a fresh process: the job would start its Ray
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+    options = {k: v.format(**inputs) if isinstance(v, str) else v for k, v in options.items()}
+    job = {"data": inputs["data"], "model": f"{FIX}:mlp", "feature_columns": "x",
+           "store": tmp_path / "s", "run": "r", "progress": False, **options}  # fmt: skip
+    t0 = time.perf_counter()
+    with pytest.raises((ValueError, TypeError)) as info:
+        pipelines.score(**job)
+    seconds = time.perf_counter() - t0
+    assert message in str(info.value)
+    assert seconds < 3.0, f"{seconds:.1f} s to refuse"
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.timeout(120)
+def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs):
+    """The `winnow score` process itself: exit 1, one line, and Ray never imported (so no
+    raylet or GCS was started). The clock starts after torch is imported, which every run pays
+    (2-7 s on a loaded 2-core box)."""
+    runs = [
+        ["--checkpoint", inputs["ckpt"]],
+        ["--metrics", "embedding", "--embed-layer", "body.9"],
+        ["--feature-columns", "nope"],
+    ]
+    code = (
+        "import json, sys, time, torch\n"
+        "from winnow.pipelines.cli import main\n"
+        "out = []\n"
+        "for extra in json.loads(sys.argv[1]):\n"
+        "    t0 = time.perf_counter()\n"
+        "    rc = main(sys.argv[2:] + extra)\n"
+        "    out.append([rc, time.perf_counter() - t0, 'ray' in sys.modules])\n"
+        "print(json.dumps(out))\n"
+    )
+    argv = ["score", "--data", inputs["data"], "--feature-columns", "x", "--model", f"{FIX}:mlp",
+            "--store", str(tmp_path / "s"), "--run", "r", "--quiet"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(runs), *argv],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    assert [rc for rc, _, _ in results] == [1, 1, 1]
+    assert not any(imported for _, _, imported in results)
+    assert all(seconds < 3.0 for _, seconds, _ in results), results
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("winnow score: error: ") for line in lines)
+    assert "pass --strip-prefix model." in lines[0] and "'body.9'" in lines[1]
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_gpu_pool_sized_by_the_gpu_count_is_not_refused_before_ray(tmp_path, monkeypatch):
+    """Without --actors, a cuda pool has one actor per GPU, known only once Ray runs."""
+    reached = []
+    monkeypatch.setattr("winnow.pipelines.job.run_ray", lambda *args: reached.append(args))
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 20})
+    pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", device="cuda",
+                    cpus_per_actor=1.0, num_cpus=2, progress=False)  # fmt: skip
+    assert len(reached) == 1
