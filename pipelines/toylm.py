@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from winnow.selection.lm import document_losses, make_windows, token_losses
 
 __all__ = ["DOMAINS", "NATURAL", "Corpus", "TinyCausalLM", "make_corpus", "document_nll"]
 
@@ -177,10 +178,8 @@ def document_nll(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tens
 
     ``logits`` ``[B, T, V]`` for ``tokens`` ``[B, T]`` (right-padded), ``lengths`` ``[B]``:
     token ``t`` predicts token ``t + 1``; positions at or past ``lengths - 1`` are padding.
+    The same math as the scoring job's ``nll`` (``winnow.selection.lm``), one window per document.
     """
-    targets = tokens[:, 1:]
-    per_token = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
-    valid = torch.arange(targets.shape[1], device=tokens.device)[None, :] < (lengths[:, None] - 1)
-    return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1)
+    windows = make_windows(tokens, lengths)
+    logits = logits[:, : windows.tokens.shape[1]]
+    return document_losses(token_losses(logits, windows.targets), windows)
