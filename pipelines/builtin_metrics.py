@@ -4,18 +4,43 @@ Each is ``fn(outputs, targets, ctx) -> Tensor [B] | {column: Tensor}`` (see
 ``pipelines.metric_registry``): ``outputs`` ``[B, C]`` logits, ``targets`` ``[B]`` labels,
 ``ctx`` a ``MetricContext``. The math lives in ``winnow.selection``; this module only adapts it
 to that signature. torch is imported by ``selection`` when a function first runs.
+
+For token documents ``ctx`` is a ``TokenContext`` (``pipelines.token_context``): its ``loss``,
+``reference_loss`` and ``grad_norms`` are per document, so ``loss``/``nll``, ``perplexity``,
+``learnability`` and ``grad_norm`` are the same functions for both kinds of data.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["el2n", "embedding", "entropy", "grad_norm", "learnability", "loss", "margin"]
+__all__ = [
+    "domain",
+    "el2n",
+    "embedding",
+    "entropy",
+    "grad_norm",
+    "learnability",
+    "loss",
+    "margin",
+    "perplexity",
+]
 
 
 def loss(outputs: Any, targets: Any, ctx: Any) -> Any:
-    """The learner's per-example loss ``[B]`` (higher = harder)."""
+    """The learner's per-example loss ``[B]`` (higher = harder); a token document's mean
+    next-token loss (``nll``)."""
     return ctx.loss(outputs, targets)
+
+
+def perplexity(outputs: Any, targets: Any, ctx: Any) -> Any:
+    """``exp(nll)`` of each token document, ``[B]`` (higher = less predictable)."""
+    return ctx.loss(outputs, targets).float().exp()
+
+
+def domain(outputs: Any, targets: Any, ctx: Any) -> Any:
+    """The ``[B]`` domain codes of the job's ``--domain-column``."""
+    return ctx.domain
 
 
 def el2n(outputs: Any, targets: Any, ctx: Any) -> Any:
@@ -41,9 +66,7 @@ def margin(outputs: Any, targets: Any, ctx: Any) -> Any:
 
 def grad_norm(outputs: Any, targets: Any, ctx: Any) -> Any:
     """Exact per-example gradient norm ``[B]`` over all parameters (one backward pass)."""
-    from winnow.selection.gradnorm import per_example_grad_norms
-
-    return per_example_grad_norms(ctx.model, ctx.loss_fn, ctx.x, targets)
+    return ctx.grad_norms(targets)
 
 
 def learnability(outputs: Any, targets: Any, ctx: Any) -> dict[str, Any]:
@@ -52,7 +75,7 @@ def learnability(outputs: Any, targets: Any, ctx: Any) -> dict[str, Any]:
     # float32 before subtracting: a half-precision loss would otherwise be cast to the other
     # operand's dtype, and a reference loss rounded to bf16 loses the ~0.01 differences.
     learner = ctx.loss(outputs, targets).float()
-    reference = ctx.reference_loss_fn(ctx.reference(ctx.x), targets).float()
+    reference = ctx.reference_loss(targets).float()
     return {"loss": learner, "ref_loss": reference, "learnability": learner - reference}
 
 

@@ -30,6 +30,7 @@ _STORE_HELP = "score store root (path or URI); default $WINNOW_STORE, else ./win
 _GROUPS = ("data", "model", "metrics", "run", "execution", "embedding")
 # What a subcommand fixes instead of offering it as an option.
 _FIXED: dict[str, dict[str, Any]] = {"score": {}, "embed": {"metrics": ("embedding",)}}
+_KIND_WORDS = {"features": "feature rows", "tokens": "token documents"}
 
 
 def _positive_int(text: str) -> int:
@@ -123,13 +124,19 @@ def metrics_help(width: int | None = None) -> str:
         )
         needs = [word for word, flag in flags if flag]
         notes = [f"needs: {', '.join(needs)}"] if needs else []
+        if metric.kinds != ("features",):
+            notes.append("for: " + ", ".join(_KIND_WORDS[kind] for kind in metric.kinds))
         if metric.columns != (metric.name,):
             stored = [*metric.outputs, *(f"{v} (vectors)" for v in metric.vectors)]
             notes.append(f"stores: {', '.join(stored)}")
         text = metric.help + (f" [{'; '.join(notes)}]" if notes else "")
         lines.append(
             textwrap.fill(
-                text, width, initial_indent=f"  {metric.name:<14}", subsequent_indent=" " * 16
+                text,
+                width,
+                initial_indent=f"  {metric.name:<14}",
+                subsequent_indent=" " * 16,
+                break_on_hyphens=False,
             )
         )
     return "\n".join(lines)

@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from winnow.pipelines.columns import ROW_POSITIONS, TableColumns, to_batch
+from winnow.pipelines.columns import (
+    ROW_POSITIONS,
+    TableColumns,
+    domain_names,
+    to_batch,
+    token_range,
+)
 from winnow.pipelines.fingerprint import file_entry
 from winnow.pipelines.source_base import Batch, SourcePlan
 
@@ -76,13 +82,19 @@ def _split_dirs(path: str) -> list[str]:
 
 @dataclass(frozen=True)
 class HFDatasetSource:
-    """A ``save_to_disk`` directory (``path``) or a ``datasets.Dataset`` (``dataset``)."""
+    """A ``save_to_disk`` directory (``path``) or a ``datasets.Dataset`` (``dataset``).
+
+    ``tokens``: the one feature column is a ``list<int>`` token column (e.g. ``input_ids``);
+    ``domain_column``: each row's domain.
+    """
 
     feature_columns: tuple[str, ...]
     path: str | None = None
     dataset: Any = field(default=None, compare=False, repr=False)
     id_column: str | None = None
     label_column: str | None = "label"
+    tokens: bool = False
+    domain_column: str | None = None
     dataset_fingerprint: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -112,16 +124,21 @@ class HFDatasetSource:
 
     @property
     def columns(self) -> TableColumns:
-        return TableColumns(self.feature_columns, self.label_column, self.id_column)
+        return TableColumns(
+            self.feature_columns, self.label_column, self.id_column, self.tokens, self.domain_column
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {
+        from winnow.pipelines.parquet_source import _lm_keys
+
+        out = {
             "kind": "hf_dataset",
             "path": self.path,
             "id_column": self.id_column,
             "feature_columns": list(self.feature_columns),
             "label_column": self.label_column,
         }
+        return {**out, **_lm_keys(self)}
 
     def _where(self) -> str:
         return f"dataset {self.path!r}" if self.path else "the Dataset"
@@ -170,6 +187,11 @@ class HFDatasetSource:
                 "dataset_fingerprint": self.dataset_fingerprint,
                 "files": _cache_file_entries(self.dataset),
             }
+        wanted = [c for c in (self.domain_column,) if c is not None]
+        if self.tokens:
+            wanted.append(self.feature_columns[0])
+        if wanted:
+            rows = table.select(wanted) if self.path is not None else self._arrow_view(wanted)[:]
         num_rows = table.num_rows if self.path is not None else len(self.dataset)
         if num_rows == 0:
             raise ValueError(f"{self._where()} has no rows")
@@ -186,7 +208,19 @@ class HFDatasetSource:
             "rows": num_rows,
             **extra,
         }
-        return SourcePlan(num_rows, num_examples, self.label_column is not None, fingerprint)
+        names = tokens = None
+        if self.domain_column is not None:
+            names = domain_names([rows[self.domain_column]], self.domain_column, self._where())
+        if self.tokens:
+            tokens = token_range([rows[self.feature_columns[0]]])
+        return SourcePlan(
+            num_rows,
+            num_examples,
+            self.label_column is not None,
+            fingerprint,
+            token_range=tokens,
+            domain_names=names,
+        )
 
     def open(self) -> _HFReader:
         return _HFReader(self)

@@ -60,6 +60,11 @@ def score(data: Any, model: Any, **options: Any) -> dict[str, Any]:
     ``ScoreJob`` (``metrics=("loss",)``, ``batch_size=256``, ``resume=False``,
     ``executor="ray"``, ...). Same as ``run_job(ScoreJob(data=data, model=model, **options))``.
 
+    Token documents: ``token_column="tokens"`` (a ``list<int>`` column of a Parquet file or a
+    Hugging Face dataset, e.g. ``input_ids``) instead of ``feature_columns``, a causal LM
+    ``[B, T] -> [B, T, V]``, ``metrics=["nll", "perplexity"]``, optionally ``max_tokens`` and
+    ``domain_column`` (docs/scoring-job.md, "Token documents").
+
     Returns the run manifest (``status == "complete"``, row counts per metric, timings).
     Raises ``ValueError``/``TypeError`` for a bad option before anything is written, and
     ``ShardError`` naming the shard and first failing id if the user's model fails; shards
@@ -77,7 +82,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     started = time.perf_counter()
     data_plan = job.data.plan()
     # Only now is it known whether the data has labels.
-    resolve_metrics(job.metrics, has_labels=data_plan.has_labels)
+    resolve_metrics(job.metrics, has_labels=data_plan.has_labels, kind=job.kind)
     scores = ScoreStore(job.store)
     identity = describe_model(job.model)
     config = job.manifest_config(
@@ -85,19 +90,26 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         shard_size=job.shard_size or default_shard_size(data_plan.num_rows),
         source_fingerprint=data_plan.fingerprint,
     )
+    if data_plan.domain_names is not None:
+        config["domain_names"] = list(data_plan.domain_names)
     existing = _existing_manifest(scores, job.run)
     counts = scores.row_counts(job.run)
     if existing is None and any(counts[key] for key in ("row_counts", "vector_rows")):
         existing = {"name": job.run, "status": "unknown"}  # files without a manifest
     decision = decide(existing, job, config, identity, counts)
-    check_job(job)  # models, embedding layer, actor pool: before anything is written
+    check_job(job, data_plan)  # models, tokens, embedding layer, actor pool: before any write
     if decision.action == "continue":  # a resumed run keeps the shards it was cut into
         config["shard_size"] = decision.shard_size
     elif decision.action == "replace":
         scores.remove_run(job.run)
         if job.progress:
             print(f"winnow score: replacing run {job.run!r} ({decision.reason})", file=sys.stderr)
-    plan = ShardPlan(job=job, num_rows=data_plan.num_rows, shard_size=config["shard_size"])
+    plan = ShardPlan(
+        job=job,
+        num_rows=data_plan.num_rows,
+        shard_size=config["shard_size"],
+        domain_names=data_plan.domain_names,
+    )
     outputs = list(scalar_outputs(job.entries))
     if EMBEDDING in job.metrics:
         outputs += [*EMBEDDING_METRICS, *(_dup_metric(e) for e in job.dedup_eps)]

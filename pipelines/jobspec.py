@@ -196,6 +196,14 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _max_tokens(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"{name} must be an int >= 2 (a window's tokens), got {value!r}")
+    return int(value)
+
+
 def _none_if_empty(text: str) -> str | None:
     return text or None
 
@@ -310,8 +318,35 @@ class ScoreJob:
         cli=Cli("data", type=_none_if_empty),
         check=_optional_str,
     )
+    token_column: str | None = _option(
+        None,
+        help="instead of --feature-columns: a list<int> column of token ids, one document per "
+        "row (ragged; padding and masking are winnow's), scored with a causal LM mapping "
+        "[B, T] tokens to [B, T, V] logits (metrics nll, perplexity, learnability, grad_norm, "
+        "embedding; see docs/scoring-job.md)",
+        cli=Cli("data", metavar="NAME"),
+        check=_optional_str,
+    )
+    domain_column: str | None = _option(
+        None,
+        help="a column of each row's domain (integers >= 0, or strings coded 0, 1, ... in "
+        "sorted order, the names in the manifest's config.domain_names), stored as the score "
+        "'domain'",
+        cli=Cli("data", metavar="NAME"),
+        check=_optional_str,
+    )
     data_kwargs: Mapping[str, Any] | None = _option(
         None, help="keyword arguments of a dataset factory", cli=None, check=_mapping
+    )
+    max_tokens: int | None = _option(
+        None,
+        help="token documents longer than N are scored in windows of N tokens that share one "
+        "token (each next token is predicted once, the context restarting at each window); the "
+        "document's loss is the mean over all its next tokens (default: one window)",
+        cli=Cli("model", metavar="N", type=int),
+        check=_max_tokens,
+        record="max_tokens",
+        identity=True,
     )
     embed_layer: str | None = _option(
         None,
@@ -442,13 +477,36 @@ class ScoreJob:
             strip_prefix=self.reference_strip_prefix,
             required=False,
         )
-        entries = resolve_metrics(self.metrics, has_reference=reference is not None)
+        if self.token_column is None and self.max_tokens is not None:
+            raise ValueError(
+                f"max_tokens {self.max_tokens} applies to token documents (token_column)"
+            )
+        if self.token_column is not None:
+            if self.label_column not in (None, "label"):
+                raise ValueError(
+                    f"label_column {self.label_column!r}: token documents are their own "
+                    "targets (next tokens); give no label column with token_column"
+                )
+            object.__setattr__(self, "label_column", None)
+        metrics = self.metrics
+        if self.domain_column is not None:  # the domain is always stored when given
+            if isinstance(metrics, str):
+                metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+            metrics = [*metrics, "domain"]
+        entries = resolve_metrics(
+            metrics,
+            has_reference=reference is not None,
+            kind=self.kind,
+            has_domain=self.domain_column is not None,
+        )
         source = make_source(
             self.data,
             id_column=self.id_column,
             feature_columns=self.feature_columns,
             label_column=self.label_column,
             kwargs=self.data_kwargs,
+            token_column=self.token_column,
+            domain_column=self.domain_column,
         )
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "reference", reference)
@@ -459,6 +517,11 @@ class ScoreJob:
         object.__setattr__(self, "data", source)
         object.__setattr__(self, "metrics", tuple(m.name for m in entries))
         object.__setattr__(self, "entries", entries)
+
+    @property
+    def kind(self) -> str:
+        """``"tokens"`` with a token column, else ``"features"`` (``metric_registry.KINDS``)."""
+        return "features" if self.token_column is None else "tokens"
 
     def manifest_config(
         self,
@@ -543,11 +606,13 @@ class ShardPlan:
 
     Shard ``k`` is the row positions ``[k * shard_size, (k + 1) * shard_size)`` of the
     ``num_rows`` rows, so the same plan always cuts the same shards (exactly-once resume).
+    ``domain_names``: what the codes of a string domain column stand for (``SourcePlan``).
     """
 
     job: ScoreJob
     num_rows: int
     shard_size: int
+    domain_names: tuple[str, ...] | None = None
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """Row positions ``[start, stop)`` of ``shard``: a pure function of the shard size."""

@@ -11,6 +11,12 @@ unless ``needs_logits``), ``targets`` the ``[B]`` labels (None unless the source
 ``ctx`` a ``MetricContext`` (inputs, models, per-example loss functions, embedding). A function
 returning one tensor stores it under the metric's single column.
 
+Token documents (``--token-column``, docs/scoring-job.md): the ``B`` documents are cut into
+``M`` windows; ``outputs`` are the windows' ``[M, W, V]`` logits, ``targets`` their next tokens
+``[M, W]`` (-100 where nothing is predicted), ``ctx`` a ``TokenContext`` whose ``windows`` map
+windows to documents, and a metric still returns one value per *document*, ``[B]``. A metric
+declares the kinds of data it applies to (``kinds``: ``"features"``, ``"tokens"``).
+
 The job validation, the stored columns, ``BatchScorer`` and ``winnow score --help`` all read
 this registry; ``register_metric`` adds to it::
 
@@ -41,6 +47,7 @@ from typing import Any
 
 __all__ = [
     "EMBEDDING",
+    "KINDS",
     "NAME_PATTERN",
     "Metric",
     "MetricContext",
@@ -64,6 +71,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _RESERVED_COLUMNS = frozenset({"example_id", "cluster", "proto_dist"})
 _RESERVED_PREFIX = "dup_eps"
 
+KINDS = ("features", "tokens")
+"""The kinds of data a metric may apply to: feature rows (``--feature-columns``, a Dataset) and
+token documents (``--token-column``)."""
+
 MetricFn = Callable[[Any, Any, "MetricContext"], Any]
 
 
@@ -75,7 +86,8 @@ class MetricContext:
     eval mode; ``loss_fn(outputs, targets) -> [B]`` its per-example loss. ``reference`` /
     ``reference_loss_fn``: the reference model and its loss (None without ``--reference``).
     ``embedding``: ``[B, d]`` (``model.embed(x)`` or the ``--embed-layer`` output) when a
-    requested metric ``needs_embedding``, else None. Everything except ``needs_grad`` metrics
+    requested metric ``needs_embedding``, else None. ``domain``: float32 ``[B]`` domain codes
+    when the job has a ``--domain-column``, else None. Everything except ``needs_grad`` metrics
     runs under ``torch.inference_mode``.
     """
 
@@ -85,6 +97,7 @@ class MetricContext:
     reference: Any | None = None
     reference_loss_fn: Callable[[Any, Any], Any] | None = None
     embedding: Any | None = None
+    domain: Any | None = None
     _loss: Any | None = field(default=None, init=False, repr=False)
 
     def loss(self, outputs: Any, targets: Any) -> Any:
@@ -93,6 +106,16 @@ class MetricContext:
         if self._loss is None:
             self._loss = self.loss_fn(outputs, targets)
         return self._loss
+
+    def reference_loss(self, targets: Any) -> Any:
+        """The reference model's per-example loss ``[B]`` (one forward of ``reference``)."""
+        return self.reference_loss_fn(self.reference(self.x), targets)
+
+    def grad_norms(self, targets: Any) -> Any:
+        """Exact per-example gradient norms ``[B]`` of the learner's loss (one backward)."""
+        from winnow.selection.gradnorm import per_example_grad_norms
+
+        return per_example_grad_norms(self.model, self.loss_fn, self.x, targets)
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,9 @@ class Metric:
     float16 ``[B, d]`` columns stored as vectors. A metric with vectors must also store a scalar:
     a shard counts as committed when its scalar files exist, and vectors are written first.
     ``needs_grad``: ``fn`` runs outside ``inference_mode`` (it may call backward).
+    ``needs_domain``: reads ``ctx.domain`` (the job's ``--domain-column``). ``kinds``: the kinds
+    of data (``KINDS``) it applies to; labels are not needed for token documents (the tokens
+    are their own targets).
     """
 
     name: str
@@ -115,9 +141,17 @@ class Metric:
     needs_reference: bool = False
     needs_grad: bool = False
     needs_embedding: bool = False
+    needs_domain: bool = False
+    kinds: tuple[str, ...] = ("features",)
 
     def __post_init__(self) -> None:
         _check_name(self.name, "metric")
+        kinds = self.kinds
+        if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+            raise TypeError(f"metric {self.name!r}: kinds must be a non-empty sequence of {KINDS}")
+        if any(kind not in KINDS for kind in kinds):
+            raise ValueError(f"metric {self.name!r}: kinds must be among {KINDS}, got {kinds!r}")
+        object.__setattr__(self, "kinds", tuple(kinds))
         if not callable(self.fn):
             raise TypeError(f"metric {self.name!r}: fn must be callable, got {self.fn!r}")
         if not isinstance(self.help, str) or not self.help.strip():
@@ -140,7 +174,10 @@ class Metric:
         columns = self.outputs + self.vectors
         if len(set(columns)) != len(columns):
             raise ValueError(f"metric {self.name!r} names a column twice: {list(columns)}")
-        flags = ("needs_labels", "needs_logits", "needs_reference", "needs_grad", "needs_embedding")
+        flags = (
+            "needs_labels", "needs_logits", "needs_reference", "needs_grad", "needs_embedding",
+            "needs_domain",
+        )  # fmt: skip
         for flag in flags:
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(
@@ -214,6 +251,8 @@ def register_metric(
     needs_reference: bool = False,
     needs_grad: bool = False,
     needs_embedding: bool = False,
+    needs_domain: bool = False,
+    kinds: Sequence[str] = ("features",),
     replace: bool = False,
 ) -> Any:
     """Register metric ``name`` computed by ``fn(outputs, targets, ctx)``; returns ``fn``.
@@ -235,6 +274,8 @@ def register_metric(
             needs_reference=needs_reference,
             needs_grad=needs_grad,
             needs_embedding=needs_embedding,
+            needs_domain=needs_domain,
+            kinds=tuple(kinds) if not isinstance(kinds, str) else kinds,
         )
         _add(metric, replace=replace)
         return function
@@ -281,12 +322,16 @@ def resolve_metrics(
     *,
     has_reference: bool | None = None,
     has_labels: bool | None = None,
+    kind: str | None = None,
+    has_domain: bool | None = None,
 ) -> tuple[Metric, ...]:
     """The entries of the requested metric names, in registry order, without repeats.
 
-    ``metrics``: names, or one comma-separated string. ``has_reference`` / ``has_labels``: what
-    the job provides (None = not known yet, not checked). Raises ``ValueError`` naming unknown
-    metrics (with the registered names), or metrics whose needs the job does not meet.
+    ``metrics``: names, or one comma-separated string. ``has_reference`` / ``has_labels`` /
+    ``has_domain``: what the job provides; ``kind``: the kind of data (``KINDS``; token
+    documents need no labels). None = not known yet, not checked. Raises ``ValueError``
+    naming unknown metrics (with the registered names), or metrics whose needs the job does
+    not meet.
     """
     names = _split_names(metrics)
     unknown = sorted(set(names) - set(_REGISTRY))
@@ -295,6 +340,22 @@ def resolve_metrics(
     if not names:
         raise ValueError(f"no metrics requested; registered metrics: {list(_REGISTRY)}")
     entries = tuple(m for m in _REGISTRY.values() if m.name in names)
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        wrong = [m.name for m in entries if kind not in m.kinds]
+        if wrong:
+            what = "token documents (--token-column)" if kind == "tokens" else "feature rows"
+            fitting = [m.name for m in _REGISTRY.values() if kind in m.kinds]
+            raise ValueError(
+                f"metric(s) {wrong} do not apply to {what}; metrics that do: {fitting}"
+            )
+        if kind == "tokens":
+            has_labels = None  # the tokens are their own targets
+    if has_domain is False:
+        for m in entries:
+            if m.needs_domain:
+                raise ValueError(f"metric {m.name!r} needs a domain column (--domain-column)")
     if has_reference is False:
         for m in entries:
             if m.needs_reference:
@@ -345,24 +406,32 @@ def _register_builtins() -> None:
     """The built-in metrics; their functions live in ``builtin_metrics`` (one function each).
 
     ``learnability`` shares the ``loss`` column with ``loss``: both store the learner's loss.
+    For token documents ``loss`` is the document's mean next-token loss, the same as ``nll``.
     """
     global _BUILTIN
     from winnow.pipelines import builtin_metrics as b
 
+    both = KINDS
     for metric in (
-        Metric("loss", b.loss, "the model's per-example loss (higher = harder)"),
+        Metric(
+            "loss", b.loss,
+            "the model's per-example loss (higher = harder); for token documents the mean "
+            "next-token loss, as nll",
+            kinds=both,
+        ),
         Metric("el2n", b.el2n, "||softmax(z) - onehot(y)||_2 (higher = harder)"),
         Metric(
             "grad_norm", b.grad_norm,
             "exact per-example gradient norm over all parameters, one backward "
-            "(higher = more influential)",
-            needs_logits=False, needs_grad=True,
+            "(higher = more influential); for token documents of the document's mean loss, "
+            "each document in one window (--max-tokens)",
+            needs_logits=False, needs_grad=True, kinds=both,
         ),
         Metric(
             "learnability", b.learnability,
             "learner loss - reference loss (ref_loss, from the --reference model); higher = "
             "learnable and not yet learnt",
-            outputs=("loss", "ref_loss", "learnability"), needs_reference=True,
+            outputs=("loss", "ref_loss", "learnability"), needs_reference=True, kinds=both,
         ),
         Metric(
             "entropy", b.entropy, "predictive entropy in nats (higher = less certain)",
@@ -374,10 +443,27 @@ def _register_builtins() -> None:
         ),
         Metric(
             EMBEDDING, b.embedding,
-            "float16 vectors (model.embed(x) or --embed-layer) and their L2 norm; the job then "
-            "stores faiss cluster, proto_dist and dup_eps<eps> (SemDeDup)",
+            "float16 vectors (model.embed(x) or --embed-layer; for token documents the mean "
+            "over the document's tokens) and their L2 norm; the job then stores faiss cluster, "
+            "proto_dist and dup_eps<eps> (SemDeDup)",
             outputs=("embedding_norm",), vectors=(EMBEDDING,),
-            needs_labels=False, needs_logits=False, needs_embedding=True,
+            needs_labels=False, needs_logits=False, needs_embedding=True, kinds=both,
+        ),
+        Metric(
+            "nll", b.loss,
+            "a token document's mean next-token loss in nats, over every next token "
+            "(higher = less predictable)",
+            needs_labels=False, kinds=("tokens",),
+        ),
+        Metric(
+            "perplexity", b.perplexity, "exp(nll) (higher = less predictable)",
+            needs_labels=False, kinds=("tokens",),
+        ),
+        Metric(
+            "domain", b.domain,
+            "each example's domain from --domain-column (stored whenever that option is given): "
+            "the integer, or the code of a string in the manifest's config.domain_names",
+            needs_labels=False, needs_logits=False, needs_domain=True, kinds=both,
         ),
     ):  # fmt: skip
         _add(metric, replace=False, builtin=True)

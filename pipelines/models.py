@@ -239,8 +239,9 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> tuple[Any, Callable]:
 
 def check_model(
     spec: ModelSpec, *, embed_layer: str | None = None, needs_embedding: bool = False
-) -> None:
-    """Everything ``load_model`` would refuse, checked without allocating the weights.
+) -> Any:
+    """Everything ``load_model`` would refuse, checked without allocating the weights; returns
+    the model so built (on ``meta``, or the CPU), without its checkpoint.
 
     Builds the model on the ``meta`` device (falling back to the CPU for a factory that cannot
     build there), compares the checkpoint's keys and shapes (read memory-mapped) with it, and
@@ -278,6 +279,7 @@ def check_model(
             f"{type(model).__name__} (from {spec.factory!r}) has no embed() method; name a layer "
             "whose output is the embedding (--embed-layer, e.g. 'head')"
         )
+    return model
 
 
 def _sha256(path: str, chunk: int = 1 << 20) -> str:

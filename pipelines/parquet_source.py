@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from winnow.pipelines.columns import ROW_POSITIONS, TableColumns, to_batch
+from winnow.pipelines.columns import (
+    ROW_POSITIONS,
+    TableColumns,
+    domain_names,
+    to_batch,
+    token_range,
+)
 from winnow.pipelines.fingerprint import file_entry, parquet_footer_sha256
 from winnow.pipelines.source_base import Batch, SourcePlan
 
@@ -27,13 +33,16 @@ __all__ = ["ParquetSource"]
 class ParquetSource:
     """A Parquet file or directory of files (read in sorted path order).
 
-    ``id_column=None``: ``example_id`` if the files have it, else row positions.
+    ``id_column=None``: ``example_id`` if the files have it, else row positions. ``tokens``:
+    the one feature column is a ``list<int>`` token column; ``domain_column``: each row's domain.
     """
 
     path: str
     feature_columns: tuple[str, ...]
     id_column: str | None = None
     label_column: str | None = "label"
+    tokens: bool = False
+    domain_column: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.feature_columns, str):
@@ -50,7 +59,9 @@ class ParquetSource:
 
     @property
     def columns(self) -> TableColumns:
-        return TableColumns(self.feature_columns, self.label_column, self.id_column)
+        return TableColumns(
+            self.feature_columns, self.label_column, self.id_column, self.tokens, self.domain_column
+        )
 
     def _files(self) -> tuple[Any, list[str]]:
         import pyarrow.dataset as pads
@@ -66,19 +77,22 @@ class ParquetSource:
         return posixpath.basename(path)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": "parquet",
             "path": self.path,
             "id_column": self.id_column,
             "feature_columns": list(self.feature_columns),
             "label_column": self.label_column,
         }
+        return {**out, **_lm_keys(self)}
 
     def plan(self) -> SourcePlan:
         """Check every file's columns and types, and the ids; count rows; fingerprint the files.
 
         Reads each file's footer; with an id column also that column (8 bytes per row, 0.8 GB
-        at 10^8 rows, plus a sort), a small cost next to scoring the rows.
+        at 10^8 rows, plus a sort), a small cost next to scoring the rows; with a domain column
+        that column. A token column's id range comes from the row groups' statistics (the token
+        column itself is read only where a row group has none).
         """
         import pyarrow.parquet as pq
 
@@ -86,7 +100,7 @@ class ParquetSource:
         if not files:
             raise ValueError(f"Parquet source {self.path!r} holds no .parquet files")
         infos = fs.get_file_info(files)
-        entries, chunks, id_columns = [], [], set()
+        entries, chunks, id_columns, domains, ranges = [], [], set(), [], []
         for path, info in zip(files, infos, strict=True):
             with fs.open_input_file(path) as fh:
                 pf = pq.ParquetFile(fh)
@@ -102,6 +116,10 @@ class ParquetSource:
                     if ids.null_count:
                         raise ValueError(f"id column {id_column!r} in {path!r} has nulls")
                     chunks.append(ids.to_numpy().astype(np.int64, copy=False))
+                if self.domain_column is not None:
+                    domains.append(pf.read(columns=[self.domain_column]).column(0))
+                if self.tokens:
+                    ranges.append(_token_range(pf, self.feature_columns[0]))
                 footer = parquet_footer_sha256(fh, info.size)
                 rows = pf.metadata.num_rows
             entries.append(file_entry(info, self._name(path), rows, footer_sha256=footer))
@@ -116,10 +134,52 @@ class ParquetSource:
             "rows": num_rows,
             "files": entries,
         }
-        return SourcePlan(num_rows, num_examples, self.label_column is not None, fingerprint)
+        names = None
+        if self.domain_column is not None:
+            names = domain_names(domains, self.domain_column, f"Parquet source {self.path!r}")
+        found = [r for r in ranges if r is not None]
+        tokens = (min(r[0] for r in found), max(r[1] for r in found)) if found else None
+        return SourcePlan(
+            num_rows,
+            num_examples,
+            self.label_column is not None,
+            fingerprint,
+            token_range=tokens,
+            domain_names=names,
+        )
 
     def open(self) -> _ParquetReader:
         return _ParquetReader(self)
+
+
+def _lm_keys(source: Any) -> dict[str, Any]:
+    """The token and domain options of a source's description, only when set (so runs begun
+    before they existed still compare equal on resume)."""
+    out: dict[str, Any] = {}
+    if source.tokens:
+        out["tokens"] = True
+    if source.domain_column is not None:
+        out["domain_column"] = source.domain_column
+    return out
+
+
+def _token_range(pf: Any, column: str) -> tuple[int, int] | None:
+    """Smallest and largest token id of a file's token column, from its row groups' statistics;
+    the column is read if a non-empty row group has none."""
+    meta = pf.metadata
+    paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    leaves = [i for i, path in enumerate(paths) if path.startswith(column + ".")]
+    lo = hi = None
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = group.column(leaves[0]).statistics if len(leaves) == 1 else None
+        if stats is None or not stats.has_min_max:
+            if group.num_rows == 0:
+                continue
+            return token_range([pf.read(columns=[column]).column(0)])
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return None if lo is None else (int(lo), int(hi))
 
 
 def _check_ids(chunks: list[np.ndarray], id_column: str) -> int:

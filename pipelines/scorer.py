@@ -9,6 +9,8 @@ which is what makes ``--resume`` exactly-once.
 
 Every scalar column is float32 per example and every vector column float16 ``[B, d]``, keyed by
 ``example_id``; the metrics, their directions and columns are listed by ``winnow score --help``.
+Token documents (``--token-column``) are cut into windows (``winnow.selection.lm``) and every
+metric still yields one value per document (docs/scoring-job.md, "Token documents").
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from winnow.pipelines.metric_registry import (
     vector_outputs,
 )
 from winnow.pipelines.models import load_model
-from winnow.pipelines.sources import ItemError
+from winnow.pipelines.sources import Batch, ItemError
+from winnow.pipelines.token_context import TokenContext
 
 __all__ = ["BatchScorer", "ShardError", "ShardScorer"]
 
@@ -42,6 +45,10 @@ class BatchScorer:
     every vector column of the metrics. The model runs once, under ``torch.inference_mode``,
     for every metric except ``needs_grad`` ones (``grad_norm``), which run after it with
     autograd on. A metric returning the wrong columns or shapes raises ``ValueError`` naming it.
+
+    ``tokens=True``: ``x`` is int64 ``[B, T]`` token documents right-padded, with ``lengths``
+    ``[B]``; they are cut into windows of at most ``max_tokens`` tokens and the model maps the
+    windows ``[M, W]`` to ``[M, W, V]`` logits. ``domain``: ``[B]`` domain codes or None.
     """
 
     def __init__(
@@ -54,8 +61,11 @@ class BatchScorer:
         reference_loss_fn: Callable | None = None,
         embed_layer: str | None = None,
         device: str = "cpu",
+        tokens: bool = False,
+        max_tokens: int | None = None,
     ):
         self.model, self.loss_fn = model, loss_fn
+        self.tokens, self.max_tokens = tokens, max_tokens
         self.entries = tuple(m if isinstance(m, Metric) else get_metric(m) for m in metrics)
         self.metrics = tuple(m.name for m in self.entries)
         self.reference, self.reference_loss_fn = reference, reference_loss_fn
@@ -83,34 +93,67 @@ class BatchScorer:
         if not self._captured:
             self._captured.append(output)
 
-    def __call__(self, x: Any, y: Any | None) -> dict[str, np.ndarray]:
+    def __call__(
+        self, x: Any, y: Any | None, lengths: Any | None = None, domain: Any | None = None
+    ) -> dict[str, np.ndarray]:
         import torch
 
         x = x.to(self.device, non_blocking=True)
         y = None if y is None else y.to(self.device, non_blocking=True)
-        ctx = MetricContext(
-            x=x,
-            model=self.model,
-            loss_fn=self.loss_fn,
-            reference=self.reference,
-            reference_loss_fn=self.reference_loss_fn,
-        )
+        codes = None
+        if domain is not None:
+            codes = torch.as_tensor(domain, dtype=torch.float32, device=self.device)
+        windows = None
+        if self.tokens:
+            from winnow.selection.lm import make_windows
+
+            if lengths is None:
+                raise ValueError("token documents need their lengths")
+            windows = make_windows(x, torch.as_tensor(lengths).to(self.device), self.max_tokens)
+            inputs, targets, batch = windows.tokens, windows.targets, windows.num_documents
+            ctx: MetricContext = TokenContext(
+                x=inputs,
+                model=self.model,
+                loss_fn=self.loss_fn,
+                reference=self.reference,
+                reference_loss_fn=self.reference_loss_fn,
+                domain=codes,
+                windows=windows,
+                max_tokens=self.max_tokens,
+            )
+        else:
+            inputs, targets, batch = x, y, len(x)
+            ctx = MetricContext(
+                x=x,
+                model=self.model,
+                loss_fn=self.loss_fn,
+                reference=self.reference,
+                reference_loss_fn=self.reference_loss_fn,
+                domain=codes,
+            )
         out: dict[str, Any] = {}
         self._captured.clear()
         try:
             with torch.inference_mode():
-                logits = self.model(x) if self._forward else None
+                logits = self.model(inputs) if self._forward else None
+                if windows is not None and logits is not None:
+                    from winnow.selection.lm import lm_logits
+
+                    logits = lm_logits(logits, windows)
+                embedding = None
                 if self._embed_layer is not None:
-                    ctx.embedding = self._captured[0].flatten(1)
+                    embedding = self._captured[0]
                 elif self._embed is not None:
-                    ctx.embedding = self._embed(x).flatten(1)
+                    embedding = self._embed(inputs)
+                if embedding is not None:
+                    ctx.embedding = self._pool(embedding, windows)
                 for metric in self.entries:
                     if not metric.needs_grad:
-                        out.update(self._columns(metric, metric.fn(logits, y, ctx), len(x)))
+                        out.update(self._columns(metric, metric.fn(logits, targets, ctx), batch))
             for metric in self.entries:
                 if metric.needs_grad:
                     outputs = logits if metric.needs_logits else None
-                    out.update(self._columns(metric, metric.fn(outputs, y, ctx), len(x)))
+                    out.update(self._columns(metric, metric.fn(outputs, targets, ctx), batch))
         finally:
             self._captured.clear()
         result = {}
@@ -119,6 +162,18 @@ class BatchScorer:
             dtype = torch.float16 if name in self._vectors else torch.float32
             result[name] = array.to(dtype).numpy()
         return result
+
+    @staticmethod
+    def _pool(embedding: Any, windows: Any) -> Any:
+        """``[B, d]``: flattened per example, or for token documents the mean over each
+        document's tokens (``selection.lm.pool_windows``; a layer's tuple output: its first)."""
+        if windows is None:
+            return embedding.flatten(1)
+        from winnow.selection.lm import pool_windows
+
+        if isinstance(embedding, tuple | list):
+            embedding = embedding[0]
+        return pool_windows(embedding, windows)
 
     def _columns(self, metric: Metric, value: Any, batch: int) -> dict[str, Any]:
         """``{column: tensor}`` of one metric's result, checked against its declared columns."""
@@ -213,6 +268,8 @@ class ShardScorer:
             reference_loss_fn=ref_loss,
             embed_layer=job.embed_layer,
             device=job.device,
+            tokens=job.token_column is not None,
+            max_tokens=job.max_tokens,
         )
         self.reader = job.data.open()
         self.store = ScoreStore(job.store)
@@ -267,10 +324,11 @@ class ShardScorer:
                 raise ShardError(run, shard, exc.example_id, str(exc)) from exc
             except Exception as exc:  # the user's data failed: report it with its shard
                 raise ShardError(run, shard, None, f"{type(exc).__name__}: {exc}") from exc
+            codes = self._domain_codes(batch, shard)
             try:
-                values = self.scorer(batch.x, batch.y)
+                values = self.scorer(batch.x, batch.y, batch.lengths, codes)
             except Exception as exc:  # the user's model failed: find which example
-                bad = self._first_failing_id(batch)
+                bad = self._first_failing_id(batch, codes)
                 raise ShardError(run, shard, bad, f"{type(exc).__name__}: {exc}") from exc
             ids_parts.append(batch.ids)
             for name, value in values.items():
@@ -289,12 +347,36 @@ class ShardScorer:
         self.store.write_table(run, table, shard=shard)
         return int(len(ids))
 
-    def _first_failing_id(self, batch: Any) -> int | None:
+    def _domain_codes(self, batch: Batch, shard: int) -> np.ndarray | None:
+        """float32 ``[B]`` domain codes: integers as they are, strings as their index in the
+        plan's ``domain_names`` (a name not among them means the data changed)."""
+        if batch.domain is None:
+            return None
+        names = self.plan.domain_names
+        if names is None:
+            return batch.domain.astype(np.float32)
+        known = np.asarray(names, dtype=object)
+        codes = np.searchsorted(known, batch.domain).clip(0, len(known) - 1)
+        unknown = known[codes] != batch.domain
+        if unknown.any():
+            row = int(np.argmax(unknown))
+            raise ShardError(
+                self.plan.job.run,
+                shard,
+                int(batch.ids[row]),
+                f"domain {batch.domain[row]!r} is not among the domains found when the job "
+                f"began {list(names)[:10]}: the data changed",
+            )
+        return codes.astype(np.float32)
+
+    def _first_failing_id(self, batch: Batch, codes: np.ndarray | None) -> int | None:
         """Re-run a failed mini-batch one example at a time; the first id that fails, if any."""
         for row in range(len(batch.ids)):
-            y = None if batch.y is None else batch.y[row : row + 1]
+            one = slice(row, row + 1)
+            y = None if batch.y is None else batch.y[one]
+            lengths = None if batch.lengths is None else batch.lengths[one]
             try:
-                self.scorer(batch.x[row : row + 1], y)
+                self.scorer(batch.x[one], y, lengths, None if codes is None else codes[one])
             except Exception:  # we only need to know which example fails
                 return int(batch.ids[row])
         return None

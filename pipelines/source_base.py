@@ -18,11 +18,18 @@ __all__ = ["Batch", "ItemError", "SourcePlan"]
 
 @dataclass
 class Batch:
-    """One mini-batch: ids int64 numpy ``[B]``, x tensor ``[B, ...]``, y ``[B]`` or None."""
+    """One mini-batch: ids int64 numpy ``[B]``, x tensor ``[B, ...]``, y ``[B]`` or None.
+
+    Token documents (``--token-column``): ``x`` int64 ``[B, T]`` right-padded with 0 to the
+    longest document of the batch and ``lengths`` int64 ``[B]``. ``domain``: numpy ``[B]`` of the
+    ``--domain-column`` values as read (integers, or strings), else None.
+    """
 
     ids: np.ndarray
     x: Any
     y: Any | None
+    lengths: Any | None = None
+    domain: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,17 @@ class SourcePlan:
     ``num_rows``; ``num_examples`` (largest id + 1); ``has_labels``; ``fingerprint``: a JSON
     description of the data as it is now (files, sizes, modification times, row counts, Parquet
     footers; see ``pipelines.fingerprint``), recorded in the run manifest and compared on resume.
+    ``token_range``: the smallest and largest token id of a token column (None if not known);
+    ``domain_names``: a string ``--domain-column``'s distinct values, sorted (the domain codes
+    0, 1, ... index them); None for integer domains or none.
     """
 
     num_rows: int
     num_examples: int
     has_labels: bool
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    token_range: tuple[int, int] | None = None
+    domain_names: tuple[str, ...] | None = None
 
 
 class ItemError(RuntimeError):

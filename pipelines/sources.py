@@ -13,6 +13,10 @@ which is what makes the job's shards of rows reproducible across a crash and a `
 - ``DatasetSource``: ``"module:factory"`` returning a map-style ``torch.utils.data.Dataset``
   whose items are ``(x, y)`` (or ``x`` alone); ids are the indices ``0..len-1``.
 
+A Parquet or Hugging Face source may instead hold token documents: ``token_column`` names a
+``list<int>`` column (one ragged document per row), read as int64 tokens padded to the longest
+document of each batch, with their lengths. Either may carry a ``domain_column``.
+
 See docs/scoring-job.md.
 """
 
@@ -123,12 +127,30 @@ def make_source(
     feature_columns: Sequence[str] | str | None = None,
     label_column: str | None = "label",
     kwargs: Mapping[str, Any] | None = None,
+    token_column: str | None = None,
+    domain_column: str | None = None,
 ) -> ParquetSource | HFDatasetSource | DatasetSource:
     """A source from what the user gave: a source; a ``datasets.Dataset``; a directory written
-    by ``save_to_disk``; a Parquet file or directory; or ``"module:factory"``."""
+    by ``save_to_disk``; a Parquet file or directory; or ``"module:factory"``.
+
+    ``token_column`` (instead of ``feature_columns``): a ``list<int>`` column of token documents;
+    ``domain_column``: each row's domain. Both need a Parquet or Hugging Face source.
+    """
     if isinstance(data, SOURCE_TYPES):
         return data
-    table_options = {"id_column": id_column, "label_column": label_column}
+    if token_column is not None:
+        if feature_columns is not None:
+            raise ValueError(
+                f"give feature_columns {feature_columns!r} or token_column {token_column!r}, "
+                "not both"
+            )
+        feature_columns = (token_column,)
+    table_options = {
+        "id_column": id_column,
+        "label_column": label_column,
+        "tokens": token_column is not None,
+        "domain_column": domain_column,
+    }
     check_hf_object(data)
     if is_hf_dataset(data) or type(data).__module__.split(".")[0] == "datasets":
         return HFDatasetSource(
@@ -145,6 +167,11 @@ def make_source(
         return HFDatasetSource(columns, path=data, **table_options)
     looks_like_path = data.endswith(".parquet") or os.path.exists(data) or "://" in data
     if not looks_like_path and ":" in data:
+        if token_column is not None or domain_column is not None:
+            option = "token_column" if token_column is not None else "domain_column"
+            raise ValueError(
+                f"{option} needs a Parquet or Hugging Face source, got the dataset factory {data!r}"
+            )
         return DatasetSource(data, dict(kwargs or {}))
     columns = _feature_columns(feature_columns, f"Parquet source {data!r}")
     return ParquetSource(data, columns, **table_options)

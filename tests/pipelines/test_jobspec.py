@@ -117,13 +117,16 @@ def test_job_pickles_with_its_metric_entries(tmp_path):
 
 
 def test_manifest_config_and_resume_keys_come_from_the_fields(tmp_path):
-    assert RESUME_KEYS == ("source", "metrics", "reference", "embed_layer", "num_rows")
+    assert RESUME_KEYS == (
+        "source", "metrics", "reference", "max_tokens", "embed_layer", "num_rows"
+    )  # fmt: skip
     job = ScoreJob(**_valid(tmp_path), metrics="loss,embedding", dedup_eps=[0.01, 0.1])
     config = job.manifest_config(num_rows=10, shard_size=4)
     assert config == {
         "source": {"kind": "dataset", "factory": f"{FIX}:tensor_dataset", "kwargs": {"n": 10}},
         "metrics": ["loss", "embedding"],
         "reference": None,
+        "max_tokens": None,
         "embed_layer": None,
         "num_clusters": None,
         "dedup_eps": [0.01, 0.1],
@@ -182,11 +185,40 @@ def test_cli_and_score_build_equal_jobs(tmp_path, monkeypatch):
     argv[argv.index("--resume")] = "--overwrite"
     assert main(argv) == 0
     assert jobs[-1] == dataclasses.replace(from_cli, resume=False, overwrite=True)
-    # Every command-line option was given a non-default value above, so all of them reach the job.
+    # Every command-line option was given a non-default value above (the token options in
+    # the next test), so all of them reach the job.
     for f in dataclasses.fields(ScoreJob):
+        if f.name in TOKEN_OPTIONS:
+            continue
         if f.metadata.get("cli") is not None and f.default is not dataclasses.MISSING:
             job = jobs[-1] if f.name == "overwrite" else from_cli
             assert getattr(job, f.name) != f.default, f.name
+
+
+TOKEN_OPTIONS = ("token_column", "domain_column", "max_tokens")
+
+
+def test_cli_and_score_build_equal_token_jobs(tmp_path, monkeypatch):
+    from tests.pipelines.lm_fixtures import corpus_table, write_corpus
+
+    data = write_corpus(tmp_path / "data", corpus_table(10))
+    jobs = _captured_jobs(monkeypatch)
+    argv = ["score", "--data", str(data), "--token-column", "tokens", "--domain-column",
+            "domain", "--max-tokens", "16", "--metrics", "nll,perplexity",
+            "--model", "tests.pipelines.lm_fixtures:tiny_lm", "--run", "r", "--store",
+            str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 0
+    pipelines.score(
+        str(data), "tests.pipelines.lm_fixtures:tiny_lm", token_column="tokens",
+        domain_column="domain", max_tokens=16, metrics=["perplexity", "nll"], run="r",
+        store=tmp_path / "s",
+    )  # fmt: skip
+    from_cli, from_score = jobs
+    assert from_cli == from_score and from_cli.kind == "tokens"
+    assert from_cli.metrics == ("nll", "perplexity", "domain") and from_cli.label_column is None
+    assert from_cli.data.tokens and from_cli.data.feature_columns == ("tokens",)
+    for name in TOKEN_OPTIONS:
+        assert getattr(from_cli, name) is not None, name
 
 
 def test_cli_defaults_are_the_dataclass_defaults(tmp_path, monkeypatch):
