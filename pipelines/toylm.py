@@ -7,13 +7,18 @@ are unequal, as in a web-scale pretraining mixture.
 | domain | what it is | what a small model can learn |
 |---|---|---|
 | ``markov1`` | order-1 Markov chain, peaked transitions | almost all of it, fast |
-| ``markov2`` | order-2 Markov chain, moderately peaked | most of it, needs two tokens of context |
-| ``copy`` | random first half, then the first half again | the second half, through attention |
+| ``markov2`` | order-2 Markov chain over 8 of the tokens | most of it, needs two tokens of context |
+| ``copy`` | a random motif of 8 tokens, repeated | all after the first 8, through attention |
 | ``count`` | ``x[t+1] = x[t] + s (mod V)``, random start and step | everything after two tokens |
 | ``noise`` | uniform random tokens | nothing (loss stays ``ln V``) |
 
 Documents are ragged (lengths drawn per document) so per-document scoring has padding to handle.
 Everything is a pure function of the seed; numpy's global RNG is never used.
+
+Tuned so that a two-layer model of width 64 separates the domains within ~1000 steps of 32
+documents on a CPU: with ``markov2`` over all 31 tokens (961 contexts) and ``copy`` as one
+24-token half repeated once, neither moved from ``ln 31`` in 1000 steps under natural or uniform
+mixing; over 8 symbols and with an 8-token motif both are learnt, ``markov2`` slowest.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ __all__ = ["DOMAINS", "NATURAL", "Corpus", "TinyCausalLM", "make_corpus", "docum
 DOMAINS = ("markov1", "markov2", "copy", "count", "noise")
 # Unequal natural proportions: the unlearnable domain is a large share, as noisy web text is.
 NATURAL = (0.30, 0.15, 0.10, 0.10, 0.35)
+_MARKOV2_SYMBOLS = 8  # markov2 speaks tokens 1..8: 64 two-token contexts
+_COPY_PERIOD = 8  # copy repeats a random motif of this many tokens
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,8 @@ def make_corpus(
     grammar = np.random.default_rng(12345)  # the languages themselves, shared by every corpus
     v = vocab_size - 1  # tokens 1..V-1
     t1 = _peaked(grammar, v, v, 0.05)
-    t2 = _peaked(grammar, v * v, v, 0.1)
+    s2 = min(_MARKOV2_SYMBOLS, v)
+    t2 = _peaked(grammar, s2 * s2, s2, 0.1)
     gen = np.random.default_rng(seed)
     parts, domains = [], []
     for d, count in enumerate(counts):
@@ -114,11 +122,10 @@ def make_corpus(
         if name == "markov1":
             docs = _sample_chain(gen, t1, gen.integers(0, v, (count, 1)), max_length, 1, v)
         elif name == "markov2":
-            docs = _sample_chain(gen, t2, gen.integers(0, v, (count, 2)), max_length, 2, v)
+            docs = _sample_chain(gen, t2, gen.integers(0, s2, (count, 2)), max_length, 2, s2)
         elif name == "copy":
-            half = max_length // 2
-            first = gen.integers(0, v, (count, half))
-            docs = np.concatenate([first, first], axis=1)[:, :max_length]
+            motif = gen.integers(0, v, (count, _COPY_PERIOD))
+            docs = np.tile(motif, (1, -(-max_length // _COPY_PERIOD)))[:, :max_length]
         elif name == "count":
             start = gen.integers(0, v, (count, 1))
             step = gen.integers(1, 4, (count, 1))
@@ -130,9 +137,6 @@ def make_corpus(
     tokens = np.concatenate(parts).astype(np.int64)
     domain = np.concatenate(domains)
     lengths = gen.integers(min_length, max_length + 1, tokens.shape[0]).astype(np.int64)
-    # copy documents keep their whole second half, so the repeat is always there to learn
-    is_copy = domain == DOMAINS.index("copy")
-    lengths[is_copy] = max_length
     if shuffle:
         order = gen.permutation(tokens.shape[0])
         tokens, domain, lengths = tokens[order], domain[order], lengths[order]

@@ -1,6 +1,7 @@
 """Time-to-accuracy of every selection method on one task, side by side.
 
     winnow bench [--quick] [--out DIR] [...]     (or: python -m winnow.pipelines.bench ...)
+    winnow bench --task lm [...]                  language-model data mixing (``bench.lm``)
 
 Task: MNIST-1D generated locally (``--num-train`` training rows, 80/20 with the test split),
 a small CNN and an MLP, one recipe for all methods (AdamW, cosine decay, fixed epochs, batch
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="winnow bench",
         description="Time-to-accuracy benchmark of every selection method on MNIST-1D.",
+    )
+    p.add_argument(
+        "--task",
+        choices=("mnist1d", "lm"),
+        default="mnist1d",
+        help="lm: Online Data Mixing on a generated token corpus (winnow bench --task lm --help)",
     )
     p.add_argument("--quick", action="store_true", help="a ~2 minute smoke-test configuration")
     p.add_argument(
@@ -253,7 +260,18 @@ def write_outputs(doc: dict, out: Path, tag: str) -> dict[str, Path]:
     return paths
 
 
+def _task(argv: list[str]) -> str:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", default="mnist1d")
+    return task.parse_known_args(argv)[0].task
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _task(argv) == "lm":
+        from winnow.pipelines.bench.lm import main as lm_main
+
+        return lm_main(argv)
     parser = build_parser()
     try:
         args = _resolve(parser.parse_args(argv))
