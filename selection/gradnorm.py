@@ -29,12 +29,13 @@ when exact agreement matters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from winnow.selection._fallback import fallback_sq_norms
 from winnow.selection._ghost import rule_for
 
 __all__ = ["per_example_grad_norms"]
@@ -176,41 +177,6 @@ def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> d
     return sq
 
 
-def _vmap_pass(model, loss_fn, inputs, targets, names: Sequence[str], chunk_size: int) -> dict:
-    """Per-example squared norms of the parameters ``names`` via chunked ``vmap(grad)``."""
-    from torch.func import functional_call, grad, vmap
-
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    diff = {n: params[n] for n in names}
-    const = {n: p for n, p in params.items() if n not in diff}
-    has_targets = isinstance(targets, torch.Tensor)
-
-    def loss_one(diff_params, xs, y):
-        out = functional_call(
-            model, ({**const, **diff_params}, buffers), tuple(x[None] for x in xs)
-        )
-        losses = loss_fn(out, y[None] if has_targets else targets)
-        return losses.sum()
-
-    per_example = vmap(
-        grad(loss_one), in_dims=(None, 0, 0 if has_targets else None), randomness="different"
-    )
-    batch = inputs[0].shape[0]
-    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for start in range(0, batch, chunk_size):
-        sl = slice(start, start + chunk_size)
-        grads = per_example(
-            diff, tuple(x[sl] for x in inputs), targets[sl] if has_targets else None
-        )
-        for n in names:
-            g = grads[n]
-            acc = torch.promote_types(g.dtype, torch.float32)
-            chunks[n].append(g.reshape(g.shape[0], -1).to(acc).square().sum(1))
-        del grads
-    return {n: torch.cat(chunks[n]) for n in names}
-
-
 def per_example_grad_norms(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -268,7 +234,7 @@ def per_example_grad_norms(
             )
     if fallback:
         ordered = [n for n in trainable if n in fallback]
-        sq.update(_vmap_pass(model, loss_fn, inputs, targets, ordered, chunk_size))
+        sq.update(fallback_sq_norms(model, loss_fn, inputs, targets, ordered, chunk_size))
 
     device = next(model.parameters()).device
     dtype = torch.float64 if any(v.dtype == torch.float64 for v in sq.values()) else torch.float32
