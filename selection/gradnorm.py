@@ -1,21 +1,30 @@
-"""Exact per-example gradient norms: ghost norms from one backward, ``torch.func`` for the rest.
+"""Exact per-example gradient norms: ghost norms from one backward, an exact fallback for the rest.
 
 ``per_example_grad_norms(model, loss_fn, inputs, targets)`` returns ``||grad_theta l_i||_2`` for
 every example of the batch, over all parameters with ``requires_grad`` (docs/gradient-norms.md).
 
 How: forward hooks on the supported layers (see ``selection._ghost``) keep each layer's input
-and register a tensor hook on its *output*; one ``torch.autograd.grad`` of ``sum_i l_i`` fires the
-tensor hooks, which turn (input, output gradient) into per-example squared norms. Nothing is
-accumulated into ``.grad``, so it is safe in the middle of a training step. Tensor hooks (not
-``register_full_backward_hook``) keep the model usable under ``torch.func``, and see the gradient
-of the layer output even when a later in-place op (``ReLU(inplace=True)``) overwrote it.
+(positional or keyword) and register a tensor hook on its *output*; one ``torch.autograd.grad``
+of ``sum_i l_i`` fires the tensor hooks, which turn (input, output gradient) into per-example
+squared norms. Nothing is accumulated into ``.grad``, so it is safe in the middle of a training
+step. Tensor hooks (not ``register_full_backward_hook``) keep the model usable under
+``torch.func``, and see the gradient of the layer output even when a later in-place op
+(``ReLU(inplace=True)``) overwrote it.
 
-Parameters the hooks cannot account for exactly go to a ``vmap(grad)`` pass over the whole model
-that differentiates only those parameters, chunked over the batch to bound memory at
-``chunk_size x (their size)``: layers without a rule (including subclasses of known layers),
-modules called more than once per forward, parameters shared between modules, and layers whose
-``forward`` was bypassed (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly).
-Squared norms of disjoint parameter sets add, so the two passes combine exactly.
+A rule is exact only if its layer's single call is the parameter's only use. During the forward
+and the loss, ``selection._uses.ParameterUses`` (a ``TorchFunctionMode``) counts every torch call
+that receives a hooked parameter, inside or outside its own layer's call; a parameter with any
+other use (a tied output head ``h @ emb.weight.T``, ``F.linear(h, layer.weight)``, a parent
+module reading it as ``nn.MultiheadAttention`` reads ``out_proj.weight``, a regulariser in the
+loss) goes to the fallback, and ``method="ghost"`` refuses it, naming it and the reason.
+
+Parameters the hooks cannot account for exactly go to ``selection._fallback``: layers without a
+rule (including subclasses of known layers), modules called more than once per forward,
+parameters shared between modules, parameters used outside their layer's call. The fallback is
+a ``vmap(grad)`` pass over the whole model that differentiates only those parameters, chunked
+over the batch to bound memory at ``chunk_size x (their size)``, or, for models holding an
+RNN/GRU/LSTM (which ``vmap`` cannot batch), a loop of one backward per example. Squared norms of
+disjoint parameter sets add, so the two passes combine exactly.
 
 The rules assume each hooked layer sees the batch on dim 0; a layer whose input or output has
 another leading size (a sequence-first layout) goes to the fallback. (If the sequence length
@@ -29,14 +38,17 @@ when exact agreement matters.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from torch import nn
 
 from winnow.selection._fallback import fallback_sq_norms
 from winnow.selection._ghost import rule_for
+from winnow.selection._uses import ParameterUses
 
 __all__ = ["per_example_grad_norms"]
 
@@ -49,10 +61,18 @@ class _Capture:
 
     rule: Callable
     names: dict[str, str]  # attribute ("weight") -> qualified parameter name ("0.weight")
+    ids: dict[str, int]  # attribute -> id(parameter)
+    input_name: str  # the forward's first argument, for a call like ``layer(input=x)``
     calls: int = 0
     output: torch.Tensor | None = None
     version: int = -1
+    wanted: bool = False
     sq: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@cache
+def _first_argument(cls: type) -> str:
+    return list(inspect.signature(cls.forward).parameters)[1]
 
 
 def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
@@ -74,9 +94,10 @@ def _check_losses(losses, batch: int) -> torch.Tensor:
     return losses
 
 
-def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], set[str]]:
+def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], dict[str, str]]:
     """One walk over the modules: trainable parameter names (in ``named_parameters`` order),
-    ghost-hooked modules, and names for the fallback. Refuses batch-statistics BatchNorm."""
+    ghost-hooked modules, and ``{name: reason}`` for the fallback. Refuses batch-statistics
+    BatchNorm."""
     trainable: list[str] = []
     seen: dict[int, str] = {}
     owners: dict[int, int] = {}
@@ -90,90 +111,119 @@ def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], set[s
                 "using batch statistics (train mode or track_running_stats=False): they couple "
                 "the examples of a batch; call model.eval() or use GroupNorm/LayerNorm"
             )
-        own, ids = {}, []
+        own = {}
         for attr, p in module.named_parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
-            ids.append(id(p))
             if id(p) in seen or not p.requires_grad:
                 continue  # a shared parameter is named (and counted) once, as named_parameters
             seen[id(p)] = name = f"{prefix}.{attr}" if prefix else attr
             trainable.append(name)
             own[attr] = (name, p)
         if own:
-            own_by_module.append((module, own, ids))
+            own_by_module.append((module, own))
     captures: dict[nn.Module, _Capture] = {}
-    fallback: set[str] = set()
-    for module, own, ids in own_by_module:
+    fallback: dict[str, str] = {}
+    for module, own in own_by_module:
+        kind = type(module).__name__
         rule = rule_for(module)
-        shared = any(owners[i] > 1 for i in ids)
-        if rule is None or shared or set(own) - {"weight", "bias"}:
-            fallback.update(name for name, _ in own.values())
+        if rule is None:
+            fallback.update({name: f"{kind} has no ghost rule" for name, _ in own.values()})
             continue
-        captures[module] = _Capture(rule=rule, names={a: name for a, (name, _) in own.items()})
+        names, ids = {}, {}
+        for attr, (name, p) in own.items():
+            if owners[id(p)] > 1:
+                fallback[name] = "shared by several modules (tied weights)"
+            elif attr not in ("weight", "bias"):
+                fallback[name] = f"{kind}.{attr} has no ghost rule"
+            else:
+                names[attr], ids[attr] = name, id(p)
+        if names:
+            captures[module] = _Capture(rule, names, ids, _first_argument(type(module)))
     return trainable, captures, fallback
 
 
-def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
-    """One forward + one ``autograd.grad``; returns squared norms by parameter name."""
+def _route(cap: _Capture, kind: str, uses: ParameterUses, fallback: dict[str, str]) -> list[str]:
+    """After the forward: the capture's parameters its rule accounts for exactly; the others go
+    to ``fallback`` with the reason. Unused parameters of an uncalled module get neither."""
+    exact = []
+    for attr, name in cap.names.items():
+        inside, outside = uses.inside[cap.ids[attr]], uses.outside[cap.ids[attr]]
+        if outside:
+            fallback[name] = (
+                f"used {outside} time(s) outside its {kind} call (a tied weight, "
+                "F.linear on it, or a parent module reading it directly)"
+            )
+        elif cap.calls > 1:
+            fallback[name] = f"its {kind} is called {cap.calls} times in one forward"
+        elif cap.calls == 1 and cap.output is None:
+            fallback[name] = f"its {kind} does not see the batch on dim 0 with grad enabled"
+        elif cap.calls == 1 and inside != 1:
+            fallback[name] = f"used {inside} times in its own {kind} call"
+        elif cap.calls == 1:
+            exact.append(attr)
+    return exact
 
-    def forward_hook(module, args, output):
+
+def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
+    """One forward (counting parameter uses) + one ``autograd.grad``; returns squared norms by
+    parameter name for the parameters the rules account for, and adds the rest to
+    ``fallback``."""
+    uses = ParameterUses({i for cap in captures.values() for i in cap.ids.values()})
+    active = {module: set(cap.ids.values()) for module, cap in captures.items()}
+
+    def pre_hook(module, args, kwargs):
+        captures[module].calls += 1
+        uses.enter(active[module])
+
+    def forward_hook(module, args, kwargs, output):
+        uses.leave(active[module])
         cap = captures[module]
-        cap.calls += 1
         if cap.calls > 1 or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
-        x = args[0].detach()
-        if x.ndim == 0 or x.shape[0] != batch or output.shape[0] != batch:
+        x = args[0] if args else kwargs.get(cap.input_name)
+        if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] != batch:
             return  # batch not on dim 0 (e.g. sequence-first layout): left to the fallback
+        if output.shape[0] != batch:
+            return
+        x = x.detach()
         cap.output, cap.version = output, output._version
 
         def tensor_hook(grad):
-            cap.sq = cap.rule(module, x, grad.detach())
+            if cap.wanted:
+                cap.sq = cap.rule(module, x, grad.detach())
 
         output.register_hook(tensor_hook)
 
-    handles = [m.register_forward_hook(forward_hook) for m in captures]
+    handles = []
+    for m in captures:
+        handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(m.register_forward_hook(forward_hook, with_kwargs=True))
+    sq: dict[str, torch.Tensor] = {}
     try:
         with torch.enable_grad():
-            losses = _check_losses(loss_fn(model(*inputs), targets), batch)
-            anchors, probes = [], []
+            with uses:
+                losses = _check_losses(loss_fn(model(*inputs), targets), batch)
+            anchors = []
             for module, cap in captures.items():
-                if cap.calls == 0:
-                    # Unused, or its forward was bypassed: ask autograd whether a gradient
-                    # reaches its parameters (None = unused, so a zero norm, no fallback).
-                    probes.extend((name, getattr(module, attr)) for attr, name in cap.names.items())
-                elif cap.calls == 1 and cap.output is not None:
-                    if cap.output._version == cap.version:
-                        anchors.append(cap.output)
-                    else:  # overwritten in place: reach its producer through the weight instead
-                        anchors.append(getattr(module, next(iter(cap.names))))
-            wanted = anchors + [p for _, p in probes]
-            grads = torch.autograd.grad(losses.sum(), wanted, allow_unused=True) if wanted else ()
-            reached = {
-                name
-                for (name, _), g in zip(probes, grads[len(anchors) :], strict=True)
-                if g is not None
-            }
+                exact = _route(cap, type(module).__name__, uses, fallback)
+                if not exact:
+                    continue
+                cap.wanted = True
+                if cap.output._version == cap.version:
+                    anchors.append(cap.output)
+                else:  # overwritten in place: reach its producer through the weight instead
+                    anchors.append(getattr(module, exact[0]))
+                sq.update({cap.names[a]: torch.zeros(batch, device=losses.device) for a in exact})
+            if anchors:
+                torch.autograd.grad(losses.sum(), anchors, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-    sq: dict[str, torch.Tensor] = {}
     for cap in captures.values():
-        if cap.calls > 1 or (cap.calls == 1 and cap.output is None):
-            fallback.update(cap.names.values())
-        elif cap.calls == 0:
-            fallback.update(n for n in cap.names.values() if n in reached)
-            sq.update(
-                {
-                    n: torch.zeros(batch, device=losses.device)
-                    for n in cap.names.values()
-                    if n not in reached
-                }
-            )
-        else:
-            for attr, name in cap.names.items():
-                if attr in cap.sq:
-                    sq[name] = cap.sq[attr]
-        cap.output, cap.sq = None, {}
+        for attr, name in cap.names.items():
+            if name in sq and attr in cap.sq:
+                sq[name] = cap.sq[attr]
+        cap.output, cap.sq, cap.wanted = None, {}, False
     return sq
 
 
@@ -197,9 +247,12 @@ def per_example_grad_norms(
         inputs: a batched tensor ``[B, ...]`` or a tuple of them, passed as ``model(*inputs)``.
         targets: ``[B, ...]`` tensor (or anything ``loss_fn`` accepts, passed unbatched).
         per_layer: also return ``{parameter name: Tensor[B]}`` norms per parameter tensor.
-        method: ``"auto"`` (ghost norms where exact, ``torch.func`` for the rest), ``"ghost"``
-            (same, but raise if anything would need the fallback) or ``"vmap"`` (all by
-            ``torch.func``; the reference).
+        method: ``"auto"`` (ghost norms where exact, the exact fallback for the rest),
+            ``"ghost"`` (same, but raise a ``ValueError`` naming every parameter that would need
+            the fallback and why, e.g. a weight also used outside its layer's call) or
+            ``"vmap"`` (all by the fallback; the reference). The fallback is ``vmap(grad)``, or
+            one backward per example for models holding an RNN/GRU/LSTM (``B`` backwards at
+            batch size 1; docs/gradient-norms.md).
         chunk_size: examples per ``vmap`` chunk (memory ``chunk_size x`` fallback parameters).
 
     Returns:
@@ -224,13 +277,14 @@ def per_example_grad_norms(
         raise ValueError("model has no parameters with requires_grad=True")
 
     if method == "vmap":
-        sq, fallback = {}, set(trainable)
+        sq, fallback = {}, dict.fromkeys(trainable, "method='vmap'")
     else:
         sq = _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback)
         if fallback and method == "ghost":
+            reasons = "; ".join(f"{n!r}: {fallback[n]}" for n in trainable if n in fallback)
             raise ValueError(
-                f"method='ghost' but these parameters need the torch.func fallback: "
-                f"{sorted(fallback)}"
+                "method='ghost' cannot account exactly for these parameters (method='auto' "
+                f"computes them with the exact fallback): {reasons}"
             )
     if fallback:
         ordered = [n for n in trainable if n in fallback]
