@@ -1,34 +1,34 @@
 """Which parameters reach the loss only through the layer calls the ghost rules see.
 
 A ghost rule turns one layer call's (input, output gradient) into per-example norms of that
-layer's parameters. That is exact only when the call is the parameter's *only* use: a weight
-also used elsewhere (tied to the logits as ``h @ emb.weight.T``, passed to ``F.linear``, read
-directly by a parent module as ``nn.MultiheadAttention`` does with ``out_proj.weight``) gets
-gradient the rule never sees, and its ghost norm would come out silently too small.
+layer's parameters. That is exact only when the call is the parameter's *only* path to the loss:
+a weight also used elsewhere (tied to the logits as ``h @ emb.weight.T``, passed to
+``F.linear``, read directly by a parent module as ``nn.MultiheadAttention`` does with
+``out_proj.weight``, a regulariser in the loss) gets gradient the rule never sees, and its ghost
+norm would come out silently too small.
 
-``ParameterUses`` is a ``TorchFunctionMode`` active during the forward and the loss. Every torch
-call (function, method, operator, property such as ``.T``) that receives a tracked parameter,
-directly or inside a list or tuple, is counted as a use, inside the parameter's own layer call
-(between its forward pre-hook and forward hook) or outside it. A parameter is exact by its rule
-iff it has exactly one use and that use is inside its layer's single call
-(docs/gradient-norms.md).
+The autograd graph of the forward says exactly which uses pass gradient: every operation that
+can send gradient to a parameter holds an edge to that parameter's gradient accumulator
+(``AccumulateGrad``), whatever produced it (a method, an operator, a view such as ``.T``, a
+custom ``autograd.Function``, ``torch.ops.aten.*``, TorchScript, an in-place copy into another
+tensor). So after the forward, ``accumulator_edges`` walks the graph from the loss once and
+counts, per parameter, the edges reaching its accumulator; walking again from a layer's output
+down to its input counts the edges made inside that layer's call. A parameter keeps its rule iff
+all its edges reachable from the loss (exactly one) come from its layer's single call
+(docs/gradient-norms.md). Uses that cannot pass gradient (``.shape``, ``.detach()``, anything
+under ``no_grad``) make no edge and cost nothing; uses whose result never reaches the loss are
+not reachable from it and pass no gradient either.
 
-A call does not count when it cannot pass gradient back: it returns no tensor (``.shape``,
-``.dtype``, ``.item()``), or grad mode is on and none of its returned tensors requires grad
-(``.detach()``, ``.data``). Under ``no_grad`` a floating-point result still counts, because a
-custom ``autograd.Function`` runs its ``forward`` under ``no_grad`` and still sends gradient to
-its inputs; so does a call that returns ``None`` (it may have written the parameter into another
-tensor in place). Counting too much only costs speed (the parameter goes to the exact
-fallback), never exactness.
-
-Why this and not a numerical check: comparing, per parameter, the batch-summed gradient the
-captures imply with autograd's gradient would need every weight gradient in the backward, which
-the ghost pass otherwise skips, plus the implied one, and a tolerance would decide what
-"mismatch" means. Measured on the 40-512-512-10 MLP, batch 256, one thread: the backward to the
-layer outputs alone took 0.59x a plain training step, with the weight gradients requested too
-0.91x, before forming any implied gradient. The mode instead costs a Python call per torch op
-of the forward and the loss: 2.9 us per op here (400 small ops: 3.0 us each without it, 5.9 us
-with it), a few dozen ops per forward for the models of benchmarks/bench_gradnorm.py.
+Why this and not the alternatives. A numerical check (compare, per parameter, the batch-summed
+gradient the captures imply with autograd's) needs every weight gradient in the backward, which
+the ghost pass otherwise skips, and a tolerance decides what "mismatch" means: on the
+40-512-512-10 MLP, batch 256, one thread, the backward to the layer outputs alone took 0.59x a
+plain training step, with the weight gradients requested too 0.91x, before forming anything. A
+``TorchFunctionMode`` counting every torch call that receives a parameter (the first version
+here) cost a Python call per op of the forward, 2.9 us each, including the ops of the hooks,
+and had to guess from the results whether a call passes gradient. The graph walk visits each
+node once in Python (``benchmarks/bench_gradnorm.py`` reports its cost per model, column
+``walk``).
 """
 
 from __future__ import annotations
@@ -36,71 +36,33 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-__all__ = ["ParameterUses"]
+__all__ = ["accumulator_edges"]
 
-_CONTAINERS = (list, tuple)
+_AccumulateGrad = torch._C._functions.AccumulateGrad
 
 
-class ParameterUses(TorchFunctionMode):
-    """Counts uses of the tracked parameters, inside and outside their own layer's call.
+def accumulator_edges(root, tracked: set[int], *, stop=None) -> tuple[Counter[int], set]:
+    """Edges into the accumulators of the tracked parameters below the autograd node ``root``.
 
-    ``tracked``: ``id(parameter)`` of every parameter to watch. The ghost pass calls
-    ``enter(ids)`` from a layer's forward pre-hook and ``leave(ids)`` from its forward hook, with
-    the ids of the parameters that layer's rule accounts for.
+    ``tracked``: ``id(parameter)`` of the parameters to count. The walk does not descend below
+    ``stop`` (a layer's input node, to count only the edges made inside the layer's call).
+    Returns ``({id(parameter): edges}, visited nodes)``; ``root=None`` gives empty ones.
     """
-
-    def __init__(self, tracked: set[int]):
-        super().__init__()
-        self.tracked = tracked
-        self.inside: Counter[int] = Counter()
-        self.outside: Counter[int] = Counter()
-        self._active: set[int] = set()
-
-    def enter(self, ids: set[int]) -> None:
-        self._active |= ids
-
-    def leave(self, ids: set[int]) -> None:
-        self._active -= ids
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        found = _tracked_in(args, self.tracked)
-        if kwargs:
-            found += _tracked_in(kwargs.values(), self.tracked)
-        if found and _may_pass_gradient(out):
-            for i in found:
-                if i in self._active:
-                    self.inside[i] += 1
-                else:
-                    self.outside[i] += 1
-        return out
-
-
-def _tracked_in(items, tracked: set[int]) -> list[int]:
-    found = []
-    for a in items:
-        if isinstance(a, _CONTAINERS):
-            found += _tracked_in(a, tracked)
-        elif id(a) in tracked:
-            found.append(id(a))
-    return found
-
-
-def _tensors(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, _CONTAINERS):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
-def _may_pass_gradient(out) -> bool:
-    if out is None:
-        return True  # an in-place write into another tensor (``buf[0] = w``)
-    tensors = _tensors(out)
-    if torch.is_grad_enabled():
-        return any(t.requires_grad for t in tensors)
-    return any(t.is_floating_point() or t.is_complex() for t in tensors)
+    counts: Counter[int] = Counter()
+    if root is None:
+        return counts, set()
+    seen = {root}
+    stack = [root]
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is None or child is stop:
+                continue
+            if type(child) is _AccumulateGrad:
+                key = id(child.variable)
+                if key in tracked:
+                    counts[key] += 1
+            elif child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return counts, seen

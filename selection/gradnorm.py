@@ -4,19 +4,21 @@
 every example of the batch, over all parameters with ``requires_grad`` (docs/gradient-norms.md).
 
 How: forward hooks on the supported layers (see ``selection._ghost``) keep each layer's input
-(positional or keyword) and register a tensor hook on its *output*; one ``torch.autograd.grad``
-of ``sum_i l_i`` fires the tensor hooks, which turn (input, output gradient) into per-example
-squared norms. Nothing is accumulated into ``.grad``, so it is safe in the middle of a training
-step. Tensor hooks (not ``register_full_backward_hook``) keep the model usable under
-``torch.func``, and see the gradient of the layer output even when a later in-place op
-(``ReLU(inplace=True)``) overwrote it.
+(positional or keyword) and the ``GradientEdge`` of its output; one ``torch.autograd.grad`` of
+``sum_i l_i`` with respect to those edges gives every layer's output gradient, and the rules
+turn (input, output gradient) into per-example squared norms. Weight gradients are never
+formed, nothing is accumulated into ``.grad`` (safe in the middle of a training step), no
+backward hooks are involved (the model stays usable under ``torch.func``), and an edge taken
+in the forward hook still names the layer's output after a later in-place op
+(``ReLU(inplace=True)``) overwrote the tensor.
 
-A rule is exact only if its layer's single call is the parameter's only use. During the forward
-and the loss, ``selection._uses.ParameterUses`` (a ``TorchFunctionMode``) counts every torch call
-that receives a hooked parameter, inside or outside its own layer's call; a parameter with any
-other use (a tied output head ``h @ emb.weight.T``, ``F.linear(h, layer.weight)``, a parent
-module reading it as ``nn.MultiheadAttention`` reads ``out_proj.weight``, a regulariser in the
-loss) goes to the fallback, and ``method="ghost"`` refuses it, naming it and the reason.
+A rule is exact only if its layer's single call is the parameter's only path to the loss.
+After the forward, ``selection._uses.accumulator_edges`` walks the autograd graph from the loss
+and counts the edges into each hooked parameter's gradient accumulator, and those made inside
+its layer's call; a parameter with any other edge (a tied output head ``h @ emb.weight.T``,
+``F.linear(h, layer.weight)``, a parent module reading it as ``nn.MultiheadAttention`` reads
+``out_proj.weight``, a regulariser in the loss) goes to the fallback, and ``method="ghost"``
+refuses it, naming it and the reason.
 
 Parameters the hooks cannot account for exactly go to ``selection._fallback``: layers without a
 rule (including subclasses of known layers), modules called more than once per forward,
@@ -39,16 +41,18 @@ when exact agreement matters.
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from winnow.selection._fallback import fallback_sq_norms
 from winnow.selection._ghost import rule_for
-from winnow.selection._uses import ParameterUses
+from winnow.selection._uses import accumulator_edges
 
 __all__ = ["per_example_grad_norms"]
 
@@ -64,10 +68,11 @@ class _Capture:
     ids: dict[str, int]  # attribute -> id(parameter)
     input_name: str  # the forward's first argument, for a call like ``layer(input=x)``
     calls: int = 0
-    output: torch.Tensor | None = None
-    version: int = -1
-    wanted: bool = False
-    sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    node: object = None  # autograd node of the output, None if the call passed no gradient
+    input_node: object = None  # autograd node of the input, where the call's own graph ends
+    x: torch.Tensor | None = None  # the input, kept only if the batch is on dim 0
+    edge: object = None  # the output's GradientEdge, taken before any in-place overwrite
+    exact: list[str] = field(default_factory=list)  # attributes the rule accounts for
 
 
 @cache
@@ -142,88 +147,83 @@ def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], dict[
     return trainable, captures, fallback
 
 
-def _route(cap: _Capture, kind: str, uses: ParameterUses, fallback: dict[str, str]) -> list[str]:
+def _route(cap: _Capture, kind: str, total: Counter, reached: set, fallback: dict) -> list[str]:
     """After the forward: the capture's parameters its rule accounts for exactly; the others go
-    to ``fallback`` with the reason. Unused parameters of an uncalled module get neither."""
+    to ``fallback`` with the reason. ``total``: edges into each parameter's accumulator
+    reachable from the loss (``selection._uses``); ``reached``: the nodes on those paths.
+    A parameter with no edge from the loss gets an exact zero instead."""
+    inside = Counter()
+    if cap.calls == 1 and cap.node in reached:
+        own = set(cap.ids.values())
+        inside, _ = accumulator_edges(cap.node, own, stop=cap.input_node)
     exact = []
     for attr, name in cap.names.items():
-        inside, outside = uses.inside[cap.ids[attr]], uses.outside[cap.ids[attr]]
-        if outside:
-            fallback[name] = (
-                f"used {outside} time(s) outside its {kind} call (a tied weight, "
-                "F.linear on it, or a parent module reading it directly)"
-            )
-        elif cap.calls > 1:
+        uses, ours = total[cap.ids[attr]], inside[cap.ids[attr]]
+        if uses == 0:
+            continue
+        if cap.calls > 1:
             fallback[name] = f"its {kind} is called {cap.calls} times in one forward"
-        elif cap.calls == 1 and cap.output is None:
-            fallback[name] = f"its {kind} does not see the batch on dim 0 with grad enabled"
-        elif cap.calls == 1 and inside != 1:
-            fallback[name] = f"used {inside} times in its own {kind} call"
-        elif cap.calls == 1:
+        elif uses > ours:
+            fallback[name] = (
+                f"used {uses - ours} time(s) outside its {kind} call (a tied weight, "
+                "F.linear on it, a parent module reading it directly, or the loss)"
+            )
+        elif cap.edge is None:
+            fallback[name] = f"its {kind} does not see the batch on dim 0"
+        elif ours != 1:
+            fallback[name] = f"used {ours} times in its own {kind} call"
+        else:
             exact.append(attr)
     return exact
 
 
 def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
-    """One forward (counting parameter uses) + one ``autograd.grad``; returns squared norms by
+    """One forward + one ``autograd.grad`` to the layer outputs; returns squared norms by
     parameter name for the parameters the rules account for, and adds the rest to
     ``fallback``."""
-    uses = ParameterUses({i for cap in captures.values() for i in cap.ids.values()})
-    active = {module: set(cap.ids.values()) for module, cap in captures.items()}
-
-    def pre_hook(module, args, kwargs):
-        captures[module].calls += 1
-        uses.enter(active[module])
 
     def forward_hook(module, args, kwargs, output):
-        uses.leave(active[module])
         cap = captures[module]
+        cap.calls += 1
         if cap.calls > 1 or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
         x = args[0] if args else kwargs.get(cap.input_name)
-        if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] != batch:
-            return  # batch not on dim 0 (e.g. sequence-first layout): left to the fallback
-        if output.shape[0] != batch:
+        if not isinstance(x, torch.Tensor):
             return
-        x = x.detach()
-        cap.output, cap.version = output, output._version
+        cap.node, cap.input_node = output.grad_fn, x.grad_fn
+        if x.ndim == 0 or x.shape[0] != batch or output.shape[0] != batch:
+            return  # batch not on dim 0 (e.g. sequence-first layout): left to the fallback
+        # The edge, not the tensor: a later in-place op (ReLU(inplace=True)) rebinds the
+        # tensor to a new node, while the edge keeps naming this layer's output.
+        cap.x, cap.edge = x.detach(), get_gradient_edge(output)
 
-        def tensor_hook(grad):
-            if cap.wanted:
-                cap.sq = cap.rule(module, x, grad.detach())
-
-        output.register_hook(tensor_hook)
-
-    handles = []
-    for m in captures:
-        handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        handles.append(m.register_forward_hook(forward_hook, with_kwargs=True))
-    sq: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(forward_hook, with_kwargs=True) for m in captures]
     try:
         with torch.enable_grad():
-            with uses:
-                losses = _check_losses(loss_fn(model(*inputs), targets), batch)
-            anchors = []
+            losses = _check_losses(loss_fn(model(*inputs), targets), batch)
+            tracked = {i for cap in captures.values() for i in cap.ids.values()}
+            total, reached = accumulator_edges(losses.grad_fn, tracked)
+            wanted = {}
             for module, cap in captures.items():
-                exact = _route(cap, type(module).__name__, uses, fallback)
-                if not exact:
-                    continue
-                cap.wanted = True
-                if cap.output._version == cap.version:
-                    anchors.append(cap.output)
-                else:  # overwritten in place: reach its producer through the weight instead
-                    anchors.append(getattr(module, exact[0]))
-                sq.update({cap.names[a]: torch.zeros(batch, device=losses.device) for a in exact})
-            if anchors:
-                torch.autograd.grad(losses.sum(), anchors, allow_unused=True)
+                cap.exact = _route(cap, type(module).__name__, total, reached, fallback)
+                if cap.exact:
+                    wanted[module] = cap
+            grads = ()
+            if wanted:
+                edges = [cap.edge for cap in wanted.values()]
+                grads = torch.autograd.grad(losses.sum(), edges, materialize_grads=True)
     finally:
         for h in handles:
             h.remove()
+    sq: dict[str, torch.Tensor] = {}
+    for (module, cap), g in zip(wanted.items(), grads, strict=True):
+        per_param = cap.rule(module, cap.x, g)
+        sq.update({cap.names[a]: per_param[a] for a in cap.exact})
     for cap in captures.values():
-        for attr, name in cap.names.items():
-            if name in sq and attr in cap.sq:
-                sq[name] = cap.sq[attr]
-        cap.output, cap.sq, cap.wanted = None, {}, False
+        for name in cap.names.values():
+            if name not in sq and name not in fallback:  # no path from the loss: exactly 0
+                sq[name] = losses.new_zeros(batch)
+        cap.node = cap.input_node = cap.x = cap.edge = None
     return sq
 
 
@@ -292,10 +292,8 @@ def per_example_grad_norms(
 
     device = next(model.parameters()).device
     dtype = torch.float64 if any(v.dtype == torch.float64 for v in sq.values()) else torch.float32
-    total = torch.zeros(batch, dtype=dtype, device=device)
-    for v in sq.values():
-        total += v.to(dtype)
-    norms = total.sqrt()
+    total = torch.stack([v.to(dtype) for v in sq.values()]).sum(0) if sq else None
+    norms = total.sqrt() if total is not None else torch.zeros(batch, dtype=dtype, device=device)
     if not per_layer:
         return norms
     zeros = torch.zeros(batch, dtype=dtype, device=device)
