@@ -39,6 +39,8 @@ SqNorms = dict[str, torch.Tensor]
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """Accumulate in at least float32 (bf16/fp16 models)."""
+    if t.dtype in (torch.float32, torch.float64):
+        return t  # the common case, without a call into torch (small models feel it)
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
