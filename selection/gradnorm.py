@@ -211,14 +211,15 @@ def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> d
             grads = ()
             if wanted:
                 edges = [cap.edge for cap in wanted.values()]
-                grads = torch.autograd.grad(losses.sum(), edges, materialize_grads=True)
+                grads = torch.autograd.grad(losses.sum(), edges, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
     sq: dict[str, torch.Tensor] = {}
     for (module, cap), g in zip(wanted.items(), grads, strict=True):
-        per_param = cap.rule(module, cap.x, g)
-        sq.update({cap.names[a]: per_param[a] for a in cap.exact})
+        if g is not None:  # None: no gradient reaches this output, its norms are 0
+            per_param = cap.rule(module, cap.x, g)
+            sq.update({cap.names[a]: per_param[a] for a in cap.exact})
     for cap in captures.values():
         for name in cap.names.values():
             if name not in sq and name not in fallback:  # no path from the loss: exactly 0

@@ -202,6 +202,28 @@ def test_other_untracked_uses_are_caught(how):
         per_example_grad_norms(model, ce, x, y, method="ghost")
 
 
+class DeadCallLiveReuse(nn.Module):
+    """The layer's own output never reaches the loss, its weight does through ``F.linear``."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        self.l(x)
+        return self.out(torch.tanh(F.linear(x, self.l.weight)))
+
+
+def test_a_dead_layer_call_does_not_hide_a_live_reuse():
+    torch.manual_seed(0)
+    model = DeadCallLiveReuse().double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    assert_matches_oracle(model, ce, x, y, torch.float64)
+    _, layers = per_example_grad_norms(model, ce, x, y, per_layer=True)
+    assert torch.all(layers["l.bias"] == 0)  # no path to the loss: an exact zero
+
+
 def test_parameter_used_in_the_loss_function():
     torch.manual_seed(0)
     model = FunctionalReuse().double()
