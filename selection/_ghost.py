@@ -96,15 +96,17 @@ def _chunked(fn, a: torch.Tensor, gt: torch.Tensor, per_row: int) -> torch.Tenso
 
 
 def _linear(module: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> SqNorms:
-    b = x.shape[0]
-    a = _acc(x).reshape(b, -1, module.in_features)
-    g = _acc(g).reshape(b, -1, module.out_features)
-    if a.shape[1] == 1:  # one position per example: the bias norm is ||g||^2, used twice
-        g_sq = _sq(g, (1, 2))
-        out = {"weight": _sq(a, (1, 2)) * g_sq}
+    x, g = _acc(x), _acc(g)
+    if x.ndim == 2:  # one position per example: ||a||^2 ||g||^2, and ||g||^2 for the bias
+        # Few torch calls on purpose: for small MLPs the rule's Python overhead is its cost.
+        g_norm = torch.linalg.vector_norm(g, dim=1)
+        out = {"weight": (torch.linalg.vector_norm(x, dim=1) * g_norm).square()}
         if module.bias is not None:
-            out["bias"] = g_sq
+            out["bias"] = g_norm.square()
         return out
+    b = x.shape[0]
+    a = x.reshape(b, -1, module.in_features)
+    g = g.reshape(b, -1, module.out_features)
     out = {"weight": _matmul_sq_norm(a, g.transpose(1, 2), b)}
     if module.bias is not None:
         out["bias"] = _sq(g.sum(1), 1)
