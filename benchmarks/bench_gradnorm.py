@@ -16,10 +16,12 @@ that load from other processes hits every case alike (benchmarks/_timing.py):
   their layer's call (``selection._uses``), on a graph built once, to show what that
   detection costs.
 
-Reported: medians and minimums (on a shared machine the minimum is the steadier estimate of the
-intrinsic cost; load only ever adds time), the ratios winnow/plain and winnow/opacus computed
-from the same run, the walk's cost as a share of a plain step, and the maximum relative
-difference of the norms, winnow vs Opacus and winnow vs the exact ``torch.func`` reference.
+Times are this process's CPU time by default (``--clock cpu``): with one torch thread that is
+the work each case does, and other processes on a busy shared machine do not inflate it the way
+they inflate elapsed time (``--clock wall``). Reported: medians and minimums, the ratios
+winnow/plain and winnow/opacus computed from the same run, the walk's cost as a share of a
+plain step, and the maximum relative difference of the norms, winnow vs Opacus and winnow vs
+the exact ``torch.func`` reference.
 Targets from the issue: winnow <= 1.3x plain and faster than Opacus. Results:
 benchmarks/results/bench_gradnorm.json
 """
@@ -33,6 +35,7 @@ import os
 import platform
 import resource
 import statistics
+import time
 import warnings
 from pathlib import Path
 
@@ -68,7 +71,7 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs() / b.double().abs().clamp_min(1e-12)).max().item()
 
 
-def _bench_model(name: str, batch: int, repeats: int) -> dict:
+def _bench_model(name: str, batch: int, repeats: int, clock) -> dict:
     case = CASES[name]
     torch.manual_seed(0)
     model = case.make()
@@ -96,7 +99,7 @@ def _bench_model(name: str, batch: int, repeats: int) -> dict:
         accumulator_edges(graph, tracked)
 
     fns = {"plain": plain, "winnow": winnow, "opacus": opacus, "walk": walk}
-    times = interleaved_times(fns, repeats)
+    times = interleaved_times(fns, repeats, clock=clock)
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
     ours = winnow()
@@ -151,6 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(CASES)}")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: this process's CPU time (default; steady on a shared machine, and with one "
+        "torch thread it is the work done); wall: elapsed time",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -159,13 +169,15 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         raise SystemExit(f"unknown models {unknown}; choose from {list(CASES)}")
-    rows = [_bench_model(name, args.batch, repeats) for name in names]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    rows = [_bench_model(name, args.batch, repeats, clock) for name in names]
     _print_table(rows)
     result = {
         "benchmark": "bench_gradnorm",
         "batch": args.batch,
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
+        "clock": args.clock,
         "torch": torch.__version__,
         "opacus": _opacus_version(),
         "machine": platform.machine(),
