@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from winnow.samplers._dist import resolve_rank_world, shard, shard_length
+from winnow.samplers._dist import check_rank_world, resolve_rank_world, shard, shard_length
 from winnow.samplers.score_table import ScoreTable, as_feedback_tensors
 from winnow.selection._state import check_state, make_state
 
@@ -151,7 +151,9 @@ class EpochSampler(Sampler[int]):
     Args:
         policy: the method (``InfoBatch``, ``RS2``, ``StaticSubset`` or your own).
         seed: the policy draws from :class:`SeedStreams` of this seed.
-        rank, world_size: default from ``torch.distributed`` when initialised, else 0 and 1.
+        rank, world_size: default from ``torch.distributed`` when a plan is first sharded (so a
+            sampler built before the process group starts, as under Lightning, follows it),
+            else 0 and 1.
         drop_last: sharding as ``DistributedSampler(drop_last=...)``.
         scores: a :class:`ScoreTable` to share or pre-seed; a new one otherwise.
         trace: optional writer with ``write(epoch, example_id, kept, weight, loss)``; rank 0
@@ -174,7 +176,8 @@ class EpochSampler(Sampler[int]):
         self.policy = policy
         self.num_examples = policy.num_examples
         self.streams = SeedStreams(seed)
-        self.rank, self.world_size = resolve_rank_world(rank, world_size)
+        check_rank_world(rank, world_size)
+        self._rank_arg, self._world_arg = rank, world_size
         self.drop_last = bool(drop_last)
         if scores is None:
             scores = ScoreTable(self.num_examples, initial=policy.initial_score)
@@ -193,6 +196,7 @@ class EpochSampler(Sampler[int]):
         self._planned: int | None = None
         self._plan: EpochPlan | None = None
         self._shard: np.ndarray | None = None
+        self._sharded_for: tuple[int, int] | None = None
         self._lengths: dict[int, int] = {}
         self._weights: dict[tuple[torch.device, torch.dtype], torch.Tensor | None] = {}
         self._resume_at = 0
@@ -202,6 +206,16 @@ class EpochSampler(Sampler[int]):
     @property
     def seed(self) -> int:
         return self.streams.seed
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's now, else 0."""
+        return resolve_rank_world(self._rank_arg, self._world_arg)[0]
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks sharing the plan: as given, else the process group's now, else 1."""
+        return resolve_rank_world(self._rank_arg, self._world_arg)[1]
 
     # ----------------------------------------------------------------- epochs and plans
     @property
@@ -245,6 +259,7 @@ class EpochSampler(Sampler[int]):
     def _build(self) -> None:
         # Drop the previous plan first so two plans never coexist (bytes per example at 10^8).
         self._plan, self._shard, self._weights, self._cursor = None, None, {}, None
+        self._sharded_for = None
         plan = self.policy.plan(self._epoch, self.scores, self.streams)
         if not isinstance(plan, EpochPlan):
             raise TypeError(
@@ -253,15 +268,25 @@ class EpochSampler(Sampler[int]):
         self._plan = plan
         self._planned = self._epoch
         self._lengths[self._epoch] = int(len(plan.ids))
-        self._shard = shard(plan.ids, self.rank, self.world_size, drop_last=self.drop_last)
+        self._cut_shard()
         if self._trace is not None and self.rank == 0:
             self._write_trace(plan)
+
+    def _cut_shard(self) -> None:
+        assert self._plan is not None
+        layout = resolve_rank_world(self._rank_arg, self._world_arg)
+        self._shard = shard(self._plan.ids, *layout, drop_last=self.drop_last)
+        self._sharded_for = layout
 
     def _ensure_plan(self) -> np.ndarray:
         if self._held_epoch is not None or self.scores.restored:
             self._apply_held_epoch()
         if self._shard is None:
             self._build()
+        elif self._sharded_for != resolve_rank_world(self._rank_arg, self._world_arg):
+            # Planned before the process group started (e.g. len(loader) before fit): the
+            # plan stands, only this rank's share of it changes.
+            self._cut_shard()
         assert self._shard is not None
         return self._shard
 
@@ -304,6 +329,7 @@ class EpochSampler(Sampler[int]):
                     f"{self.policy.name} has no fixed run length; pass num_epochs to total_steps"
                 )
         num_epochs = check_int("num_epochs", num_epochs, minimum=0)
+        world = self.world_size
         total = 0
         for epoch in range(num_epochs):
             length = self._lengths.get(epoch)
@@ -311,7 +337,7 @@ class EpochSampler(Sampler[int]):
                 length = self.policy.plan_length(epoch)
             if length is None:
                 length = self.num_examples
-            per_rank = shard_length(length, self.world_size, drop_last=self.drop_last)
+            per_rank = shard_length(length, world, drop_last=self.drop_last)
             total += _steps(per_rank, batch_size, drop_last)
         return total
 
@@ -481,6 +507,7 @@ class EpochSampler(Sampler[int]):
         self._planned = epoch
         self._plan = None
         self._shard = None
+        self._sharded_for = None
         self._weights = {}
         self._cursor = None
         self._resume_at = position

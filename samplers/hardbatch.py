@@ -43,7 +43,13 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from winnow.samplers._dist import reduce_batch_means, resolve_rank_world, shard
+from winnow.samplers._dist import (
+    check_rank_world,
+    is_distributed,
+    reduce_batch_means,
+    resolve_rank_world,
+    shard,
+)
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
 
@@ -62,7 +68,8 @@ class HardBatchSampler(Sampler[list[int]]):
             fixed partition).
         num_epochs: ``E``; the run is exactly ``E * floor(N / b)`` steps.
         seed: seeds the one-time shuffle that fixes the partition.
-        rank, world_size: default from ``torch.distributed``, else ``(0, 1)``.
+        rank, world_size: default from ``torch.distributed`` when a batch is first sliced (so a
+            sampler built before the process group starts follows it), else ``(0, 1)``.
     """
 
     def __init__(
@@ -86,12 +93,8 @@ class HardBatchSampler(Sampler[list[int]]):
             )
         if isinstance(delta, bool) or not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
-        self.rank, self.world_size = resolve_rank_world(rank, world_size)
-        if batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {batch_size} must be divisible by world_size {self.world_size} "
-                "(each rank takes an equal slice of every batch)"
-            )
+        check_rank_world(rank, world_size)
+        self._rank_arg, self._world_arg = rank, world_size
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.delta = float(delta)
@@ -112,6 +115,27 @@ class HardBatchSampler(Sampler[list[int]]):
         self._emitted = 0  # steps handed out (after a resume: fed back + replayed)
         self._replay: deque[int] = deque()
         self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
+        if world_size is not None or is_distributed():
+            self._layout()  # a world size known now is checked against batch_size now
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's now, else 0."""
+        return self._layout()[0]
+
+    @property
+    def world_size(self) -> int:
+        """Ranks sharing every batch: as given, else the process group's now, else 1."""
+        return self._layout()[1]
+
+    def _layout(self) -> tuple[int, int]:
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by world_size {world} "
+                "(each rank takes an equal slice of every batch)"
+            )
+        return rank, world
 
     # -- plan ---------------------------------------------------------------------------------
     def total_steps(
@@ -159,7 +183,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return self._perm[lo : lo + self.batch_size].astype(np.int64)
 
     def _local_ids(self, batch: int) -> np.ndarray:
-        return shard(self.batch_ids(batch), self.rank, self.world_size, drop_last=True)
+        return shard(self.batch_ids(batch), *self._layout(), drop_last=True)
 
     def _epoch_end(self) -> int:
         epoch = self._emitted // self.num_batches
