@@ -24,15 +24,17 @@ Resume has one path, ``sampler.load_state_dict(state)`` (docs/conventions.md):
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from winnow.samplers._dist import check_rank_world, resolve_rank_world, shard, shard_length
+from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.score_table import ScoreTable, as_feedback_tensors
 from winnow.selection._state import check_state, make_state
 
@@ -145,8 +147,15 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Runs an :class:`EpochPolicy` as a ``torch.utils.data.Sampler`` (see module docstring).
+
+    It is a ``DistributedSampler`` (``num_replicas``, ``rank``, ``epoch``, ``num_samples``,
+    ``total_size`` and ``set_epoch`` read as there) because Lightning and Fabric leave a
+    ``DistributedSampler`` in place under DDP, where they would wrap any other sampler in a
+    distributed wrapper that shards each rank's shard again. Its ``__init__`` is not called (it
+    would need a process group) and its ``shuffle`` is unused: the policy orders the plan. A
+    wrapper that shards it anyway is refused when iteration starts (docs/frameworks.md).
 
     Args:
         policy: the method (``InfoBatch``, ``RS2``, ``StaticSubset`` or your own).
@@ -207,6 +216,9 @@ class EpochSampler(Sampler[int]):
     def seed(self) -> int:
         return self.streams.seed
 
+    # DistributedSampler's attributes, read from the live plan and process group.
+    shuffle = True
+
     @property
     def rank(self) -> int:
         """This process's rank: as given, else the process group's now, else 0."""
@@ -216,6 +228,26 @@ class EpochSampler(Sampler[int]):
     def world_size(self) -> int:
         """Number of ranks sharing the plan: as given, else the process group's now, else 1."""
         return resolve_rank_world(self._rank_arg, self._world_arg)[1]
+
+    @property
+    def num_replicas(self) -> int:
+        """``DistributedSampler``'s name for :attr:`world_size`."""
+        return self.world_size
+
+    @property
+    def num_samples(self) -> int:
+        """``DistributedSampler``'s name for ``len(sampler)``: this rank's ids this epoch."""
+        return len(self)
+
+    @property
+    def total_size(self) -> int:
+        """Ids of all ranks this epoch, after padding or truncation (``DistributedSampler``)."""
+        return len(self) * self.world_size
+
+    @property
+    def dataset(self) -> range:
+        """The ids a plan draws from, ``range(N)`` (``DistributedSampler``'s dataset)."""
+        return range(self.num_examples)
 
     # ----------------------------------------------------------------- epochs and plans
     @property
@@ -347,6 +379,7 @@ class EpochSampler(Sampler[int]):
         return dict(self._lengths)
 
     def __iter__(self):
+        refuse_resharding(self, sys._getframe(1))
         # Lazy: StatefulDataLoader calls iter() before it loads the sampler's state.
         return self._iterate()
 

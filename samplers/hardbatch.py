@@ -35,6 +35,7 @@ collectives.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +51,7 @@ from winnow.samplers._dist import (
     resolve_rank_world,
     shard,
 )
+from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
 
@@ -70,6 +72,10 @@ class HardBatchSampler(Sampler[list[int]]):
         seed: seeds the one-time shuffle that fixes the partition.
         rank, world_size: default from ``torch.distributed`` when a batch is first sliced (so a
             sampler built before the process group starts follows it), else ``(0, 1)``.
+
+    Under Lightning's DDP pass ``Trainer(use_distributed_sampler=False)``: Lightning rebuilds
+    any custom batch sampler with its own sampler inside (a new object, which would not see the
+    loop's ``update`` calls) or refuses it (docs/frameworks.md).
     """
 
     def __init__(
@@ -222,6 +228,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return np.sort(top).astype(np.int64)
 
     def __iter__(self) -> Iterator[list[int]]:
+        refuse_resharding(self, sys._getframe(1))
         end = self._epoch_end()
         while self._emitted < end:
             batch = self._replay.popleft() if self._replay else self._next_batch()
