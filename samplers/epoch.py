@@ -353,6 +353,13 @@ class EpochSampler(DistributedSampler):
         advance; an epoch whose length depends on future losses counts as full (an upper bound,
         so a scheduler built on it never runs past its end). ``drop_last`` is the DataLoader's.
         """
+        return sum(self.epoch_steps(batch_size, num_epochs, drop_last=drop_last))
+
+    def epoch_steps(
+        self, batch_size: int, num_epochs: int | None = None, *, drop_last: bool = False
+    ) -> list[int]:
+        """:meth:`total_steps` epoch by epoch: this rank's batches in epochs ``0..num_epochs-1``
+        (what a framework that accumulates gradients or limits batches per epoch needs)."""
         batch_size = check_int("batch_size", batch_size, minimum=1)
         if num_epochs is None:
             num_epochs = self.policy.num_epochs
@@ -362,7 +369,7 @@ class EpochSampler(DistributedSampler):
                 )
         num_epochs = check_int("num_epochs", num_epochs, minimum=0)
         world = self.world_size
-        total = 0
+        steps = []
         for epoch in range(num_epochs):
             length = self._lengths.get(epoch)
             if length is None:
@@ -370,8 +377,8 @@ class EpochSampler(DistributedSampler):
             if length is None:
                 length = self.num_examples
             per_rank = shard_length(length, world, drop_last=self.drop_last)
-            total += _steps(per_rank, batch_size, drop_last)
-        return total
+            steps.append(_steps(per_rank, batch_size, drop_last))
+        return steps
 
     @property
     def plan_lengths(self) -> dict[int, int]:

@@ -167,6 +167,17 @@ class HardBatchSampler(Sampler[list[int]]):
             num_epochs = self.num_epochs
         return check_int("num_epochs", num_epochs, minimum=0) * self.num_batches
 
+    def epoch_steps(
+        self,
+        batch_size: int | None = None,
+        num_epochs: int | None = None,
+        *,
+        drop_last: bool = False,
+    ) -> list[int]:
+        """:meth:`total_steps` epoch equivalent by epoch equivalent: ``n_b`` each."""
+        total = self.total_steps(batch_size, num_epochs, drop_last=drop_last)
+        return [self.num_batches] * (total // self.num_batches)
+
     @property
     def _run_steps(self) -> int:
         return self.num_epochs * self.num_batches
