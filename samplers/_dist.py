@@ -14,6 +14,7 @@ __all__ = [
     "all_gather_feedback",
     "check_rank_world",
     "gather_feedback_to_host",
+    "gather_rank_states",
     "is_distributed",
     "reduce_batch_means",
     "resolve_rank_world",
@@ -176,6 +177,19 @@ def gather_feedback_to_host(
         if got_ids.numel():
             out.append((got_ids.cpu().numpy(), got_losses.float().cpu().numpy()))
     return out
+
+
+def gather_rank_states(state: dict) -> list[dict]:
+    """Every rank's ``state`` (small: a selector's generators), in rank order; a collective.
+
+    For checkpoints that one rank writes (Lightning's, the HF Trainer's): a state that differs
+    per rank is kept for every rank, and each rank loads its own entry on resume.
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
 
 
 def reduce_batch_means(entries: torch.Tensor) -> torch.Tensor:
