@@ -35,7 +35,7 @@ def test_epoch_samplers_read_as_distributed_samplers(kind):
     assert sampler.num_samples == len(sampler) == len(list(sampler))
     assert sampler.total_size == 2 * len(sampler) >= len(sampler.plan.ids)
     assert sampler.dataset == range(N)
-    # what Lightning and Fabric test before wrapping a loader's sampler (_requires_distributed_sampler)
+    # what Lightning and Fabric check before wrapping (their _requires_distributed_sampler)
     assert isinstance(DataLoader(IndexedDataset(range(N)), sampler=sampler).sampler,
                       DistributedSampler)  # fmt: skip
 
