@@ -431,14 +431,36 @@ class _TrainerHooks:
             self.winnow_selector.load_state_dict(states[rank])
 
 
+# The Trainer methods WinnowTrainer extends (transformers 5.25). Were one renamed, the Trainer
+# would silently skip winnow's step counts or resume position, so a missing one is refused.
+_TRAINER_HOOKS = (
+    "get_train_dataloader",
+    "compute_loss",
+    "set_initial_training_values",
+    "_init_training_state",
+    "_run_epoch",
+    "_inner_training_loop",
+    "_save_checkpoint",
+    "_remove_unused_columns",
+    "_get_collator_with_removed_columns",
+)
+
+
 @functools.cache
 def _trainer_class() -> type:
     try:
+        import transformers
         from transformers import Trainer
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "winnow.samplers.huggingface needs transformers: pip install 'winnow[hf]'"
         ) from err
+    missing = [name for name in _TRAINER_HOOKS if not hasattr(Trainer, name)]
+    if missing:
+        raise ImportError(
+            f"WinnowTrainer extends transformers.Trainer's {missing}, which transformers "
+            f"{transformers.__version__} lacks; it is tested with transformers 5.25"
+        )
     return type(
         "WinnowTrainer",
         (_TrainerHooks, Trainer),
