@@ -3,8 +3,8 @@
 ``python _lightning_ddp_script.py OUT`` fits a tiny model on 2 CPU processes with default
 Trainer arguments, once per winnow sampler (RS2 without the callback), a HardBatchSampler with
 and without ``use_distributed_sampler=False``, a top-loss selector on RS2 super-batches, and
-checkpointed runs resumed mid-epoch and at an epoch's end; every rank writes what it trained on
-to ``OUT/<run>-rank<r>.json``.
+checkpointed runs resumed mid-epoch and at an epoch's end, and a Fabric loop; every rank writes
+what it trained on to ``OUT/<run>-rank<r>.json``.
 """
 
 import json
@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric import Fabric
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -138,3 +139,17 @@ fit("from-end0", infobatch(), ckpt_path=OUT / "ckpt" / "end-epoch=0.ckpt")
 toploss("toploss", callbacks=[ModelCheckpoint(OUT / "sel", every_n_train_steps=4, save_top_k=-1,
                                               filename="{step}")])  # fmt: skip
 toploss("toploss-from-step4", ckpt_path=OUT / "sel" / "step=4.ckpt")
+
+# Fabric: setup_dataloaders leaves the sampler (a DistributedSampler) in place.
+fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
+fabric.launch()
+sampler = infobatch()
+loader = fabric.setup_dataloaders(DataLoader(DATA, batch_size=BATCH, sampler=sampler))
+record = {"batches": [], "plans": {}, "kept": loader.sampler is sampler}
+for epoch in range(EPOCHS):
+    sampler.set_epoch(epoch)
+    record["plans"][epoch] = sampler.plan.ids.tolist()
+    for ids, (x, y) in loader:
+        record["batches"].append([epoch, ids.tolist()])
+        sampler.update(ids, (x[:, 0] - y).abs())  # a stand-in loss: pruning needs feedback
+(OUT / f"fabric-rank{fabric.global_rank}.json").write_text(json.dumps(record))

@@ -2,8 +2,8 @@
 
 One 2-process CPU DDP run with default Trainer arguments (``_lightning_ddp_script.py``, which
 Lightning relaunches per rank) checks which ids every rank trained on in every epoch, Lightning's
-step counts, a HardBatchSampler, a selector, and resuming from checkpoints; in-process fits check
-what Lightning recomputes per epoch and what the callback refuses."""
+step counts, a HardBatchSampler, a selector, resuming from checkpoints and a Fabric loop;
+in-process fits check what Lightning recomputes per epoch and what the callback refuses."""
 
 import json
 import os
@@ -82,6 +82,15 @@ def test_ddp_each_rank_trains_its_own_shard_of_every_plan(ddp, run):
         else:
             assert record["estimated_stepping_batches"] == record["global_step"]
     np.testing.assert_array_equal(ranks[0]["scores"], ranks[1]["scores"])
+
+
+@pytest.mark.timeout(900)
+def test_ddp_fabric_leaves_the_sampler_in_place(ddp):
+    ranks = ddp("fabric")
+    assert ranks[0]["kept"] and ranks[1]["kept"]
+    plans = {int(e): p for e, p in ranks[0]["plans"].items()}
+    assert len({len(p) for p in plans.values()}) > 1
+    check_shards(ranks, plans)
 
 
 @pytest.mark.timeout(900)
