@@ -167,6 +167,16 @@ class _CollateWithIds:
         return batch
 
 
+def _is_hf_dataset(dataset: Any) -> bool:
+    from transformers.utils import is_datasets_available
+
+    if not is_datasets_available():
+        return False
+    import datasets
+
+    return isinstance(dataset, datasets.Dataset)
+
+
 def _take_rows(inputs: dict[str, Any], rows: torch.Tensor, size: int) -> dict[str, Any]:
     """The chosen rows of every per-example input (dim 0 of length ``size``)."""
     return {
@@ -237,11 +247,10 @@ class _TrainerHooks:
         that each rank keeps its own shard (:func:`prepare_loader`)."""
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        import datasets
         from transformers.trainer_utils import seed_worker
 
         dataset, collate = self.train_dataset, self.data_collator
-        if isinstance(dataset, datasets.Dataset):
+        if _is_hf_dataset(dataset):
             dataset = self._remove_unused_columns(dataset, description="training")
         else:
             collate = self._get_collator_with_removed_columns(collate, description="training")

@@ -174,17 +174,20 @@ class Model(pl.LightningModule):
         return [optimizer], [{"scheduler": schedule, "interval": "step"}]
 
 
+def val_loader():
+    return DataLoader(TensorDataset(torch.zeros(4, 4)), batch_size=4)
+
+
 def fit_one(sampler, *, loader=None, callback=True, **trainer_args):
     loader = loader or DataLoader(make_data(), batch_size=BATCH, sampler=sampler)
     model = Model(sampler)
-    val = DataLoader(TensorDataset(torch.zeros(4, 4)), batch_size=4)
     options = dict(max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
                    enable_model_summary=False, enable_checkpointing=False,
                    num_sanity_val_steps=0, accelerator="cpu", devices=1)  # fmt: skip
     options.update(trainer_args)
     callbacks = [WinnowCallback(loader)] if callback else []
     trainer = pl.Trainer(callbacks=callbacks, **options)
-    trainer.fit(model, loader, val)
+    trainer.fit(model, loader, val_loader())
     return model, trainer
 
 
@@ -232,7 +235,7 @@ def test_the_callback_refuses_what_would_train_on_the_wrong_data():
     trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, callbacks=[WinnowCallback(other)])  # fmt: skip
     with pytest.raises(ValueError, match="is not the sampler of any train DataLoader"):
-        trainer.fit(Model(sampler), loader)
+        trainer.fit(Model(sampler), loader, val_loader())
     with pytest.raises(ValueError, match=r"pass batch_size= \(the DataLoader's\)"):
         WinnowCallback(sampler)
     with pytest.raises(ValueError, match="differ from the DataLoader's"):
@@ -243,4 +246,4 @@ def test_the_callback_refuses_what_would_train_on_the_wrong_data():
     trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, callbacks=[callback])  # fmt: skip
     with pytest.raises(ValueError, match="batch_size=8, drop_last=False but the train DataLoader"):
-        trainer.fit(Model(sampler), loader)
+        trainer.fit(Model(sampler), loader, val_loader())
