@@ -15,12 +15,17 @@ batch sampler over a fixed partition.
 
 Every ``state_dict()`` holds only tensors and plain values (``torch.load`` defaults read it) and
 ``load_state_dict`` refuses another configuration (docs/conventions.md).
+
+Framework adapters live in their own modules and import their framework lazily, so importing
+this package never imports them: :mod:`winnow.samplers.lightning` (``WinnowCallback``) and
+:mod:`winnow.samplers.huggingface` (``WinnowTrainer``, ``prepare_loader`` for accelerate);
+docs/frameworks.md.
 """
 
 from winnow.samplers.epoch import EpochPlan, EpochPolicy, EpochSampler, SeedStreams, TraceWriter
 from winnow.samplers.hardbatch import HardBatchSampler
 from winnow.samplers.importance import ImportanceSelector
-from winnow.samplers.indexed import IndexedDataset
+from winnow.samplers.indexed import IndexedDataset, collate_with_ids
 from winnow.samplers.infobatch import InfoBatch, InfoBatchSampler
 from winnow.samplers.jest import JESTSelector, score_super_batch
 from winnow.samplers.odm import ODMSampler
@@ -60,6 +65,7 @@ __all__ = [
     "TopLossSelector",
     "TraceWriter",
     "compressed_cosine",
+    "collate_with_ids",
     "cosine_lambda",
     "holdout_split",
     "score_irreducible_losses",

@@ -35,6 +35,7 @@ collectives.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -43,7 +44,14 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from winnow.samplers._dist import reduce_batch_means, resolve_rank_world, shard
+from winnow.samplers._dist import (
+    check_rank_world,
+    is_distributed,
+    reduce_batch_means,
+    resolve_rank_world,
+    shard,
+)
+from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
 
@@ -62,7 +70,12 @@ class HardBatchSampler(Sampler[list[int]]):
             fixed partition).
         num_epochs: ``E``; the run is exactly ``E * floor(N / b)`` steps.
         seed: seeds the one-time shuffle that fixes the partition.
-        rank, world_size: default from ``torch.distributed``, else ``(0, 1)``.
+        rank, world_size: default from ``torch.distributed`` when a batch is first sliced (so a
+            sampler built before the process group starts follows it), else ``(0, 1)``.
+
+    Under Lightning's DDP pass ``Trainer(use_distributed_sampler=False)``: Lightning rebuilds
+    any custom batch sampler with its own sampler inside (a new object, which would not see the
+    loop's ``update`` calls) or refuses it (docs/frameworks.md).
     """
 
     def __init__(
@@ -86,12 +99,8 @@ class HardBatchSampler(Sampler[list[int]]):
             )
         if isinstance(delta, bool) or not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
-        self.rank, self.world_size = resolve_rank_world(rank, world_size)
-        if batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {batch_size} must be divisible by world_size {self.world_size} "
-                "(each rank takes an equal slice of every batch)"
-            )
+        check_rank_world(rank, world_size)
+        self._rank_arg, self._world_arg = rank, world_size
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.delta = float(delta)
@@ -112,6 +121,27 @@ class HardBatchSampler(Sampler[list[int]]):
         self._emitted = 0  # steps handed out (after a resume: fed back + replayed)
         self._replay: deque[int] = deque()
         self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
+        if world_size is not None or is_distributed():
+            self._layout()  # a world size known now is checked against batch_size now
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's now, else 0."""
+        return self._layout()[0]
+
+    @property
+    def world_size(self) -> int:
+        """Ranks sharing every batch: as given, else the process group's now, else 1."""
+        return self._layout()[1]
+
+    def _layout(self) -> tuple[int, int]:
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by world_size {world} "
+                "(each rank takes an equal slice of every batch)"
+            )
+        return rank, world
 
     # -- plan ---------------------------------------------------------------------------------
     def total_steps(
@@ -137,6 +167,17 @@ class HardBatchSampler(Sampler[list[int]]):
             num_epochs = self.num_epochs
         return check_int("num_epochs", num_epochs, minimum=0) * self.num_batches
 
+    def epoch_steps(
+        self,
+        batch_size: int | None = None,
+        num_epochs: int | None = None,
+        *,
+        drop_last: bool = False,
+    ) -> list[int]:
+        """:meth:`total_steps` epoch equivalent by epoch equivalent: ``n_b`` each."""
+        total = self.total_steps(batch_size, num_epochs, drop_last=drop_last)
+        return [self.num_batches] * (total // self.num_batches)
+
     @property
     def _run_steps(self) -> int:
         return self.num_epochs * self.num_batches
@@ -159,7 +200,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return self._perm[lo : lo + self.batch_size].astype(np.int64)
 
     def _local_ids(self, batch: int) -> np.ndarray:
-        return shard(self.batch_ids(batch), self.rank, self.world_size, drop_last=True)
+        return shard(self.batch_ids(batch), *self._layout(), drop_last=True)
 
     def _epoch_end(self) -> int:
         epoch = self._emitted // self.num_batches
@@ -198,6 +239,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return np.sort(top).astype(np.int64)
 
     def __iter__(self) -> Iterator[list[int]]:
+        refuse_resharding(self, sys._getframe(1))
         end = self._epoch_end()
         while self._emitted < end:
             batch = self._replay.popleft() if self._replay else self._next_batch()

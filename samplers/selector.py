@@ -49,7 +49,8 @@ class InStepSelector:
             floor(B * keep))`` rows. Defaults to the method's :attr:`default_keep`.
         batch_size: keep exactly this many rows instead (not with ``keep``).
         seed: seeds the selector's generators (combined with the rank).
-        rank: this process's rank (default: from ``torch.distributed``, else 0).
+        rank: this process's rank (default: from ``torch.distributed`` when the selector first
+            draws, so one built before the process group starts follows it; else 0).
         check_finite: NaN/inf check of the scores passed in; ``None`` = only on the CPU (on an
             accelerator it would cost a host sync per step).
     """
@@ -81,14 +82,29 @@ class InStepSelector:
         self.keep = check_fraction(self.default_keep if keep is None else keep, "keep")
         self.batch_size = batch_size
         self.seed = int(seed)
-        self.rank = default_rank(rank)
+        if rank is not None:
+            default_rank(rank)  # checked now, used as given
+        self._rank_arg = rank
         self.check_finite = check_finite
-        self._gens = DeviceGenerators(self.seed, self.rank)
+        self._gens: DeviceGenerators | None = None
         self.steps = 0
 
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's (fixed at the first draw)."""
+        if self._gens is not None:
+            return self._gens.rank
+        return default_rank(self._rank_arg)
+
+    @property
+    def _generators(self) -> DeviceGenerators:
+        if self._gens is None:
+            self._gens = DeviceGenerators(self.seed, default_rank(self._rank_arg))
+        return self._gens
 
     # ----------------------------------------------------------------- the method's part
     def choose(
@@ -132,7 +148,7 @@ class InStepSelector:
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """This selector's generator on ``device`` (created from the seed on first use)."""
-        return self._gens.get(torch.device(device))
+        return self._generators.get(torch.device(device))
 
     def select(self, ids: Any, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the super-batch to train on, and their loss weights.
@@ -168,7 +184,7 @@ class InStepSelector:
             self.config(),
             **{
                 _K_STEPS: self.steps,
-                _K_GENERATORS: self._gens.state_dict(),
+                _K_GENERATORS: self._generators.state_dict(),
                 _K_EXTRA: self.extra_state(),
             },
         )
@@ -184,5 +200,5 @@ class InStepSelector:
             required=(_K_STEPS, _K_GENERATORS, _K_EXTRA),
         )
         self.load_extra_state(state[_K_EXTRA])
-        self._gens.load_state_dict(state[_K_GENERATORS])
+        self._generators.load_state_dict(state[_K_GENERATORS])
         self.steps = int(state[_K_STEPS])
