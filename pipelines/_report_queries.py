@@ -271,7 +271,8 @@ def mixture_buckets(store: Any, run: str):
 
 def noise_series(store: Any, run: str) -> tuple[list[dict], dict]:
     """The logged noise scale averaged into at most ``NOISE_POINTS`` buckets of steps
-    (finite values only), and the last row logged."""
+    (finite values only), and the last row logged, with ``usual``: the most frequent batch
+    size (an epoch's last batch may be smaller)."""
     span = _rows(
         store,
         f"SELECT min(step) AS lo, max(step) AS hi FROM noise_scale WHERE run = {_lit(run)}",
@@ -286,7 +287,8 @@ def noise_series(store: Any, run: str) -> tuple[list[dict], dict]:
     )
     last = _rows(
         store,
-        f"""SELECT step, b_simple, grad_sq, trace_cov, batch_size, estimator
+        f"""SELECT step, b_simple, grad_sq, trace_cov, batch_size, estimator,
+                   (SELECT mode(batch_size) FROM noise_scale WHERE run = {_lit(run)}) AS usual
             FROM noise_scale WHERE run = {_lit(run)} ORDER BY step DESC LIMIT 1""",
     )[0]
     return series, last

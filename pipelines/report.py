@@ -244,7 +244,7 @@ def _noise_section(store: Any, run: str) -> str:
     batch = np.array([r["batch_size"] for r in series], dtype=float)
     parts = ["<h3>Gradient noise scale</h3>"]
     parts.append(_img(figures.noise_scale(steps, b_simple, batch), f"noise scale {run}"))
-    parts.append(f"<p>{_noise_reading(last['b_simple'], int(last['batch_size']))}</p>")
+    parts.append(f"<p>{_noise_reading(last['b_simple'], int(last['usual']))}</p>")
     parts.append(
         _table(
             ["last step", "B_simple", "|G|² (smoothed)", "tr Σ (smoothed)", "batch", "estimator"],
