@@ -7,9 +7,9 @@
 
   - ``"two_batch"``: a tensor hook on every trainable parameter sees each backward's own
     gradient before it is accumulated into ``.grad`` and before DDP all-reduces it, so
-    ``|G_small|^2`` is one micro-batch's gradient on one rank and ``|G_big|^2`` is ``.grad`` at
-    ``step()``: the all-reduced, accumulated gradient. Needs DDP or gradient accumulation
-    (``b_small < b_big``); costs one norm per parameter per backward.
+    ``|G_small|^2`` is one micro-batch's gradient on one rank, and ``|G_big|^2`` is ``.grad``
+    as the backward leaves it: accumulated and all-reduced. Needs DDP or gradient accumulation
+    (``b_small < b_big``); costs one norm per parameter per backward, twice.
   - ``"per_example"``: ghost norms from the training backward itself (the layer rules of
     docs/gradient-norms.md, applied to the output gradients the backward computes anyway), so
     ``b_small = 1``. Every trainable parameter must sit in a layer with a ghost rule, used once
@@ -19,7 +19,10 @@
 - **explicit** norms: :meth:`NoiseScaleMonitor.observe` ``(small_sq, big_sq, b_small, b_big)``
   or :meth:`NoiseScaleMonitor.observe_per_example` ``(per_example_norms, mean_grad_sq)``.
 
-Nothing here syncs with the device during a step: norms stay on their device until
+``.grad`` is read when each backward ends (an autograd final callback queued behind DDP's own,
+which writes the all-reduced gradient), so gradient clipping or AMP unscaling between the
+backward and ``step()`` does not change what is measured. Nothing here syncs with the device
+during a step: norms stay on their device until
 ``flush_steps`` steps are pending (or ``state_dict``/``close``/``estimate``), then one copy
 settles them (``samplers._noise_log``). With ``trace=`` the smoothed estimate is logged into the
 store's ``noise_scale`` view every ``log_every`` steps.
@@ -41,6 +44,9 @@ from winnow.selection._state import check_state, make_state
 from winnow.selection.noise_scale import NoiseScaleEstimate
 
 __all__ = ["NoiseScaleMonitor"]
+
+# autograd's engine: its final callbacks run when a backward pass ends (DDP and FSDP use it too)
+_ENGINE = torch.autograd.Variable._execution_engine
 
 _VERSION = 1
 _ESTIMATORS = ("two_batch", "per_example")
@@ -115,6 +121,8 @@ class NoiseScaleMonitor:
         self._calls: dict[nn.Module, int] = {}
         self._sizes: list[int] = []  # rows of each forward with grad this step
         self._backwards = 0
+        self._big: torch.Tensor | None = None  # |.grad|^2 as the last backward left it
+        self._queued = False
         self._problem: str | None = None
         weakref.finalize(self, self._log.flush)
 
@@ -187,8 +195,8 @@ class NoiseScaleMonitor:
             model.register_forward_pre_hook(self._forward_pre_hook, with_kwargs=True)
         )
         if estimator == "two_batch":
-            for i, p in enumerate(self._params):
-                self._handles.append(p.register_hook(self._param_hook(first=i == 0)))
+            for p in self._params:
+                self._handles.append(p.register_hook(self._param_hook))
         else:
             for module in _ghost_modules(model):
                 self._handles.append(module.register_forward_hook(self._ghost_forward_hook))
@@ -203,6 +211,7 @@ class NoiseScaleMonitor:
 
     def _reset_step(self) -> None:
         self._sq, self._sizes, self._backwards, self._problem = [], [], 0, None
+        self._big = None
         self._calls = {}
 
     def _forward_pre_hook(self, module, args, kwargs):
@@ -216,14 +225,26 @@ class NoiseScaleMonitor:
             self._sizes.append(int(first.shape[0]))
         self._calls = {}
 
-    def _param_hook(self, *, first: bool):
-        def hook(grad: torch.Tensor) -> None:
-            if self.measuring:
-                self._sq.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
-                if first:
-                    self._backwards += 1
+    def _param_hook(self, grad: torch.Tensor) -> None:
+        if self.measuring:
+            self._backward_seen()
+            self._sq.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
 
-        return hook
+    def _backward_seen(self) -> None:
+        """Count this backward once, and read ``.grad`` when it ends. Final callbacks run in
+        order, and one may queue another: ours queues the read, so the read runs after every
+        callback queued during the backward, DDP's (which waits for the all-reduce and writes
+        the averaged gradient into ``.grad``) among them."""
+        if not self._queued:
+            self._queued = True
+            self._backwards += 1
+            _ENGINE.queue_callback(lambda: _ENGINE.queue_callback(self._read_grad))
+
+    def _read_grad(self) -> None:
+        self._queued = False
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:
+            self._big = _norm_sq(grads)
 
     def _ghost_forward_hook(self, module, args, output):
         if not (self.measuring and torch.is_grad_enabled()):
@@ -241,9 +262,9 @@ class NoiseScaleMonitor:
         if output.shape[0] != batch:
             self._problem = f"{type(module).__name__} does not keep the batch on dim 0"
             return
-        first = not any(calls.get(m, 0) for m in calls if m is not module)
 
         def hook(grad: torch.Tensor) -> None:
+            self._backward_seen()
             if x._version != version:
                 self._problem = f"the input of a {type(module).__name__} was modified in place"
                 return
@@ -251,16 +272,16 @@ class NoiseScaleMonitor:
             total = torch.stack([v.sum() for v in sq.values()]).double()
             scale = float(batch) ** 2 if self._reduction == "mean" else 1.0
             self._sq.append(total.sum() * scale)
-            if first:
-                self._backwards += 1
 
         output.register_hook(hook)
 
     def step(self, *, batch_size: int | None = None, accumulation_steps: int | None = None) -> None:
-        """Record this optimiser step (hooks mode): call after the last backward, before
-        ``optimizer.step()`` and ``zero_grad()``. ``batch_size``: rows per backward on this
-        rank (default: dim 0 of the model's first tensor input); ``accumulation_steps``:
-        backwards per step (default: counted). Advances the step count."""
+        """Record this optimiser step (hooks mode). Call it once per step, anywhere between the
+        step's last backward and the next step's first: the norms were taken during the
+        backwards, so clipping, unscaling, ``optimizer.step()`` or ``zero_grad()`` in between
+        change nothing. ``batch_size``: rows per backward on this rank (default: dim 0 of the
+        model's first tensor input); ``accumulation_steps``: backwards per step (default:
+        counted). Advances the step count."""
         if self._mode is None:
             raise ValueError("attach(model) first, or use observe()/observe_per_example()")
         try:
@@ -275,11 +296,8 @@ class NoiseScaleMonitor:
             raise ValueError(
                 f"the {self._mode} estimator cannot measure this model: {self._problem}"
             )
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not grads or not self._sq:
-            raise ValueError(
-                "step() found no gradient: call it after backward(), before zero_grad()"
-            )
+        if self._big is None or not self._sq:
+            raise ValueError("step() saw no backward since the last step: call it after backward()")
         m = accumulation_steps or self._backwards
         sizes = self._sizes[-m:] if self._sizes else []
         if batch_size is None:
@@ -288,7 +306,7 @@ class NoiseScaleMonitor:
             micro = sum(sizes) / len(sizes)
         else:
             micro = float(_positive_int(batch_size, "batch_size"))
-        big = _norm_sq(grads)
+        big = self._big
         total = torch.stack([s.to(big.device) for s in self._sq]).double()
         if self._mode == "two_batch":
             total = total.square().sum()
