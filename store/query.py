@@ -1,5 +1,6 @@
-"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``runs``
-(docs/store.md, "SQL").
+"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``mixture``,
+``noise_scale``, ``runs`` (docs/store.md, "SQL"). ``trace`` is the union of two internal views,
+``_trace_epochs`` (epoch samplers) and ``_trace_steps`` (per-step records; docs/traces.md).
 
 The connection is in-memory and read-only toward the files, by two independent mechanisms:
 

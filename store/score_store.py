@@ -297,8 +297,10 @@ class ScoreStore:
 
     def sql(self, query: str) -> pa.Table:
         """Run a read-only SQL query over the views ``scores(run, metric, example_id, value)``,
-        ``trace(run, epoch, example_id, loss, kept, weight)``, ``vectors(run, name, example_id,
-        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``.
+        ``trace(run, epoch, example_id, loss, kept, weight, step, score)``, ``mixture(run, step,
+        domain, pi, drawn)``, ``noise_scale(run, step, b_simple, grad_sq, trace_cov, batch_size,
+        estimator)``, ``vectors(run, name, example_id, vector)`` and ``runs`` (one row per run);
+        returns Arrow. See ``store.query``.
 
         A data file that cannot be read is skipped with a ``StoreWarning`` naming it."""
         return self._sql_engine().sql(query)
