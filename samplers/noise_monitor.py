@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from winnow.samplers._dist import is_distributed
+from winnow.samplers._grad_hooks import ghost_modules, norm_sq
 from winnow.samplers._noise_log import NoiseLog
 from winnow.samplers._trace import check_trace_writer
 from winnow.selection._ghost import rule_for
@@ -57,13 +58,6 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
-
-
-def _norm_sq(grads: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_p |g_p|^2`` as a float64 0-d tensor on the gradients' device (no host sync)."""
-    norms = [torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads]
-    device = norms[0].device
-    return torch.stack([n.to(device) for n in norms]).double().square().sum()
 
 
 def _scalar(value: Any, name: str) -> torch.Tensor:
@@ -198,7 +192,7 @@ class NoiseScaleMonitor:
             for p in self._params:
                 self._handles.append(p.register_hook(self._param_hook))
         else:
-            for module in _ghost_modules(model):
+            for module in ghost_modules(model):
                 self._handles.append(module.register_forward_hook(self._ghost_forward_hook))
         return self
 
@@ -244,7 +238,7 @@ class NoiseScaleMonitor:
         self._queued = False
         grads = [p.grad for p in self._params if p.grad is not None]
         if grads:
-            self._big = _norm_sq(grads)
+            self._big = norm_sq(grads)
 
     def _ghost_forward_hook(self, module, args, output):
         if not (self.measuring and torch.is_grad_enabled()):
@@ -394,31 +388,3 @@ class NoiseScaleMonitor:
         self._log.stale_from = self.steps
         self._log.last_step = self._log.last_logged = self.steps - 1
         self._reset_step()
-
-
-def _ghost_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules holding trainable parameters, each with an exact ghost rule; ValueError
-    naming the parameters that have none (or are shared between modules)."""
-    owners: dict[int, int] = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
-    found, refused = [], []
-    for prefix, module in model.named_modules():
-        own = {a: p for a, p in module.named_parameters(recurse=False) if p.requires_grad}
-        if not own:
-            continue
-        names = [f"{prefix}.{a}" if prefix else a for a in own]
-        if rule_for(module) is None or set(own) - {"weight", "bias"}:
-            refused.extend(names)
-        elif any(owners[id(p)] > 1 for p in own.values()):
-            refused.extend(names)
-        else:
-            found.append(module)
-    if refused:
-        raise ValueError(
-            f"the per_example estimator needs every trainable parameter in a layer with an "
-            f"exact ghost-norm rule (Linear, Conv, Embedding, norms in eval; not shared, no "
-            f"batch statistics); these are not: {refused[:10]}; use estimator='two_batch'"
-        )
-    return found
