@@ -10,14 +10,23 @@ from torch import nn
 
 from winnow.selection._ghost import rule_for
 
-__all__ = ["ghost_modules", "norm_sq"]
+__all__ = ["ghost_modules", "norm_sq", "stack_on_one_device"]
 
 
 def norm_sq(grads: list[torch.Tensor]) -> torch.Tensor:
     """``sum_p |g_p|^2`` as a float64 0-d tensor on the gradients' device (no host sync)."""
     norms = [torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads]
-    device = norms[0].device
-    return torch.stack([n.to(device) for n in norms]).double().square().sum()
+    return stack_on_one_device(norms).double().square().sum()
+
+
+def stack_on_one_device(values: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of 0-d tensors, moved to the first one's device if they are spread
+    (a model split over devices); the common single-device case pays no per-item call."""
+    try:
+        return torch.stack(values)
+    except RuntimeError:
+        device = values[0].device
+        return torch.stack([v.to(device) for v in values])
 
 
 def ghost_modules(model: nn.Module) -> list[nn.Module]:

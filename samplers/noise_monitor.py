@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from winnow.samplers._dist import is_distributed
-from winnow.samplers._grad_hooks import ghost_modules, norm_sq
+from winnow.samplers._grad_hooks import ghost_modules, norm_sq, stack_on_one_device
 from winnow.samplers._noise_log import NoiseLog
 from winnow.samplers._trace import check_trace_writer
 from winnow.selection._ghost import rule_for
@@ -301,7 +301,7 @@ class NoiseScaleMonitor:
         else:
             micro = float(_positive_int(batch_size, "batch_size"))
         big = self._big
-        total = torch.stack([s.to(big.device) for s in self._sq]).double()
+        total = stack_on_one_device(self._sq).double().to(big.device)
         if self._mode == "two_batch":
             total = total.square().sum()
             # mean: each backward's gradient is G_j / m; sum: it is micro * G_j
