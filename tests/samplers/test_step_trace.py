@@ -237,3 +237,41 @@ def test_bad_trace_arguments(tmp_path):
     sel = TopLossSelector(trace=writer)
     with pytest.raises(ValueError, match="needs the example ids"):
         sel.select(None, torch.rand(10))
+
+
+def test_hard_batch_resume_stores_each_step_once(tmp_path):
+    store = ScoreStore(tmp_path / "store")
+
+    def train(sampler, stop=None):
+        done = sampler.steps_done
+        for epoch in range(done // sampler.num_batches, 3):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                ids = torch.tensor(batch)
+                sampler.update(ids, (ids % 7).float() / (1 + done))
+                done += 1
+                if done == stop:
+                    return
+
+    whole = HardBatchSampler(40, 10, 0.5, 3, trace=store.trace_writer("whole"))
+    train(whole)
+    whole.close()
+    first = HardBatchSampler(40, 10, 0.5, 3, trace=store.trace_writer("resumed"))
+    train(first, stop=5)
+    state = first.state_dict()
+    train(first, stop=9)
+    first.state_dict()  # steps 5-8 stored, then the process "crashes"
+    del first
+    gc.collect()
+    again = HardBatchSampler(40, 10, 0.5, 3, trace=store.trace_writer("resumed"))
+    again.load_state_dict(state)
+    train(again)
+    again.close()
+    query = (
+        "SELECT step, example_id, loss, score, epoch FROM trace WHERE run = '{}' "
+        "ORDER BY step, example_id"
+    )
+    got, want = (store.sql(query.format(run)) for run in ("resumed", "whole"))
+    assert got.num_rows == want.num_rows == 3 * 4 * 10
+    for column in want.column_names:  # NaN scores (warm-up) compare equal here
+        np.testing.assert_array_equal(got[column].to_numpy(), want[column].to_numpy())
