@@ -51,6 +51,7 @@ from winnow.samplers._dist import (
     resolve_rank_world,
     shard,
 )
+from winnow.samplers._trace import StepTrace
 from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
@@ -72,6 +73,9 @@ class HardBatchSampler(Sampler[list[int]]):
         seed: seeds the one-time shuffle that fixes the partition.
         rank, world_size: default from ``torch.distributed`` when a batch is first sliced (so a
             sampler built before the process group starts follows it), else ``(0, 1)``.
+        trace, trace_every: a trace writer recording every step's batch as :meth:`update`
+            receives it (ids, per-example losses, the batch's score), 1 step in
+            ``trace_every`` (docs/traces.md).
 
     Under Lightning's DDP pass ``Trainer(use_distributed_sampler=False)``: Lightning rebuilds
     any custom batch sampler with its own sampler inside (a new object, which would not see the
@@ -88,6 +92,8 @@ class HardBatchSampler(Sampler[list[int]]):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        trace: Any = None,
+        trace_every: int = 1,
     ):
         num_examples = check_int("num_examples", num_examples, minimum=1)
         batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -121,6 +127,7 @@ class HardBatchSampler(Sampler[list[int]]):
         self._emitted = 0  # steps handed out (after a resume: fed back + replayed)
         self._replay: deque[int] = deque()
         self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
+        self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
         if world_size is not None or is_distributed():
             self._layout()  # a world size known now is checked against batch_size now
 
@@ -275,6 +282,10 @@ class HardBatchSampler(Sampler[list[int]]):
         detached = losses.detach()
         del self._pending[slot]
         self._unflushed.append((batch, step, detached.float().sum(), detached.shape[0]))
+        if self._trace is not None and self._trace.wants(step):
+            # score: the batch's settled mean loss, the one the round choice ranked (NaN: none)
+            epoch = step // self.num_batches
+            self._trace.record_batch(step, local, detached, score=self._losses[batch], epoch=epoch)
 
     def _match(self, key) -> int:
         if not self._pending:
@@ -344,9 +355,11 @@ class HardBatchSampler(Sampler[list[int]]):
 
         The position saved is the last batch whose losses came back: on resume, batches that
         were yielded but not yet fed back are yielded again first, so the run continues exactly.
-        Tensors and plain values only (docs/conventions.md).
+        Tensors and plain values only (docs/conventions.md). Flushes the trace.
         """
         self._flush()
+        if self._trace is not None:
+            self._trace.flush()
         in_flight = [batch for _, batch in self._pending] + list(self._replay)
         return make_state(
             "HardBatchSampler",
@@ -388,6 +401,13 @@ class HardBatchSampler(Sampler[list[int]]):
         self._rounds_started = int(state["rounds_started"])
         self._losses = losses.copy()
         self._loss_step = loss_step.copy()
+        if self._trace is not None:
+            self._trace.resume(self._emitted)
+
+    def close(self) -> None:
+        """Write what the trace holds and close its writer (finishing the run's manifest)."""
+        if self._trace is not None:
+            self._trace.close()
 
 
 _STATE_KEYS = (

@@ -15,6 +15,9 @@ counter and checkpoints. A method overrides
 
 See docs/extending.md. DDP: each rank selects from its own super-batch; the generators are seeded
 from ``(seed, rank)``, so ranks draw independent noise.
+
+With ``trace=`` every selection is recorded for SQL (candidates, scores, kept rows, weights),
+buffered on the device and written in chunks (docs/traces.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from winnow.samplers._instep import (
     ids_to_numpy,
     resolve_batch_size,
 )
+from winnow.samplers._trace import StepTrace
 from winnow.selection._state import check_state, make_state
 
 __all__ = ["InStepSelector"]
@@ -53,6 +57,9 @@ class InStepSelector:
             draws, so one built before the process group starts follows it; else 0).
         check_finite: NaN/inf check of the scores passed in; ``None`` = only on the CPU (on an
             accelerator it would cost a host sync per step).
+        trace: a trace writer (``ScoreStore(root).trace_writer(run)``) that records every
+            step's candidates, scores, kept rows and weights (docs/traces.md).
+        trace_every: record 1 step in ``trace_every`` (the steps divisible by it).
     """
 
     #: the share kept when the caller gives neither ``keep`` nor ``batch_size``
@@ -68,6 +75,8 @@ class InStepSelector:
         seed: int = 0,
         rank: int | None = None,
         check_finite: bool | None = None,
+        trace: Any = None,
+        trace_every: int = 1,
     ):
         if keep is not None and batch_size is not None:
             raise ValueError(
@@ -88,6 +97,7 @@ class InStepSelector:
         self.check_finite = check_finite
         self._gens: DeviceGenerators | None = None
         self.steps = 0
+        self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
 
     @property
     def name(self) -> str:
@@ -170,14 +180,28 @@ class InStepSelector:
         k = self.selected_size(checked.shape[0])
         values = self.selection_scores(ids_np, checked)
         rows, weights = self.choose(values, k, self.generator(values.device))
+        loss = checked if self.input_name == "learner_losses" else None
+        self._record(ids_np, values, rows, weights, loss)
         self.steps += 1
         return rows, weights
+
+    def _record(self, ids, scores, rows, weights, loss=None) -> None:
+        """Trace this step's choice (before ``steps`` counts it); no host sync."""
+        if self._trace is not None and self._trace.wants(self.steps):
+            self._trace.record(self.steps, ids, scores, rows, weights, loss=loss)
+
+    def close(self) -> None:
+        """Write what the trace holds and close its writer (finishing the run's manifest)."""
+        if self._trace is not None:
+            self._trace.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, generator states and the method's extra state (no score tables).
 
-        Loadable with ``torch.load``'s defaults (docs/conventions.md).
+        Loadable with ``torch.load``'s defaults (docs/conventions.md). Flushes the trace.
         """
+        if self._trace is not None:
+            self._trace.flush()
         return make_state(
             self.name,
             _VERSION,
@@ -202,3 +226,5 @@ class InStepSelector:
         self.load_extra_state(state[_K_EXTRA])
         self._generators.load_state_dict(state[_K_GENERATORS])
         self.steps = int(state[_K_STEPS])
+        if self._trace is not None:
+            self._trace.resume(self.steps)
