@@ -54,7 +54,7 @@ from winnow.samplers._dist import (
 from winnow.samplers._trace import StepTrace
 from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.epoch import check_int
-from winnow.selection._state import check_state, make_state
+from winnow.selection._state import check_state, make_state, state_array
 
 __all__ = ["HardBatchSampler"]
 
@@ -384,8 +384,11 @@ class HardBatchSampler(Sampler[list[int]]):
             config=self.config(),
             required=_STATE_KEYS,
         )
-        losses = _array(state["losses"], np.float64)
-        loss_step = _array(state["loss_step"], np.int64)
+        def entry(key: str, dtype: Any) -> np.ndarray:
+            return state_array(state[key], dtype, what=f"HardBatchSampler state {key!r}")
+
+        losses = entry("losses", np.float64)
+        loss_step = entry("loss_step", np.int64)
         if losses.shape != (self.num_batches,) or loss_step.shape != (self.num_batches,):
             raise ValueError(
                 f"HardBatchSampler state holds {losses.shape} losses and {loss_step.shape} steps; "
@@ -396,7 +399,7 @@ class HardBatchSampler(Sampler[list[int]]):
         self._pending.clear()
         self._unflushed.clear()
         self._sched_step = int(state["sched_step"])
-        self._round = _array(state["round"], np.int64).copy()
+        self._round = entry("round", np.int64).copy()
         self._round_pos = int(state["round_pos"])
         self._rounds_started = int(state["rounds_started"])
         self._losses = losses.copy()
@@ -420,9 +423,3 @@ _STATE_KEYS = (
     "losses",
     "loss_step",
 )
-
-
-def _array(value: Any, dtype: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value).astype(dtype, copy=False)
