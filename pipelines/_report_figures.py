@@ -1,9 +1,9 @@
 """Figures for ``winnow report``: small aggregated arrays in, a base64 PNG data URI out.
 
 Every function takes already-aggregated data (histogram counts, a capped sample of points,
-per-epoch rows), never a full score column, so the figures cost the same at 10^3 or 10^8
-examples. Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, so
-nothing touches pyplot's global state or the user's backend choice.
+per-epoch rows, per-bucket-of-steps rows), never a full score column, so the figures cost the
+same at 10^3 or 10^8 examples. Figures are built with ``matplotlib.figure.Figure`` and the Agg
+canvas directly, so nothing touches pyplot's global state or the user's backend choice.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ __all__ = [
     "cluster_sizes",
     "trace_epochs",
     "keep_counts",
+    "step_trace",
+    "mixture",
+    "noise_scale",
 ]
 
 _DPI = 72
@@ -117,15 +120,75 @@ def trace_epochs(epochs: np.ndarray, pruned: np.ndarray, mean_loss: np.ndarray) 
     return _to_data_uri(fig)
 
 
-def keep_counts(times_kept: np.ndarray, num_examples: np.ndarray, num_epochs: int) -> str:
-    """How many examples were kept k times (``times_kept``, ``num_examples``: int [K])."""
+def keep_counts(
+    times_kept: np.ndarray, num_examples: np.ndarray, num_epochs: int, *, unit: str = "epochs"
+) -> str:
+    """How many examples were kept k times (``times_kept``, ``num_examples``: int [K]); more
+    than 60 distinct counts are binned."""
     fig = _figure(5.5, 2.8)
     ax = fig.subplots()
     from matplotlib.ticker import MaxNLocator
 
-    ax.bar(times_kept, num_examples, width=0.8, color=_BLUE)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"epochs kept (of {num_epochs})")
+    times_kept, num_examples = np.asarray(times_kept), np.asarray(num_examples)
+    if len(times_kept) > 60:
+        edges = np.linspace(times_kept.min(), times_kept.max() + 1, 41)
+        counts, _ = np.histogram(times_kept, bins=edges, weights=num_examples)
+        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=_BLUE)
+    else:
+        ax.bar(times_kept, num_examples, width=0.8, color=_BLUE)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"{unit} kept (of {num_epochs})")
     ax.set_ylabel("examples")
     ax.set_title("how often each example was kept", fontsize=10)
+    return _to_data_uri(fig)
+
+
+def step_trace(
+    steps: np.ndarray, share_kept: np.ndarray, kept_q: np.ndarray, dropped_q: np.ndarray
+) -> str:
+    """Per bucket of steps ``[S]``: the share of candidates kept (top), and the 10/50/90 %
+    score quantiles ``[S, 3]`` of kept and of dropped candidates (bottom; NaN = none)."""
+    fig = _figure(5.8, 4.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2])
+    top.plot(steps, share_kept, color=_BLUE, marker="o", markersize=2)
+    top.set_ylim(0.0, min(1.05, max(0.1, float(np.nanmax(share_kept)) * 1.2)))
+    top.set_ylabel("share kept")
+    top.set_title("candidates kept, and their scores over training", fontsize=10)
+    for q, color, label in ((kept_q, _BLUE, "kept"), (dropped_q, _ORANGE, "dropped")):
+        if np.isfinite(q).any():
+            bottom.fill_between(steps, q[:, 0], q[:, 2], color=color, alpha=0.2, linewidth=0)
+            bottom.plot(steps, q[:, 1], color=color, label=f"{label} (median, 10-90 %)")
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("score")
+    if bottom.lines:
+        bottom.legend(fontsize=8)
+    return _to_data_uri(fig)
+
+
+def mixture(steps: np.ndarray, pi: np.ndarray, labels: list[str]) -> str:
+    """The domain mixture over steps: ``pi`` ``[S, K]`` stacked, one band per label."""
+    fig = _figure(5.8, 3.0)
+    ax = fig.subplots()
+    ax.stackplot(steps, pi.T, labels=labels, alpha=0.85)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mixture weight")
+    ax.set_title("domain mixture over training", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _to_data_uri(fig)
+
+
+def noise_scale(steps: np.ndarray, b_simple: np.ndarray, batch_size: np.ndarray) -> str:
+    """``B_simple`` over steps (log scale) against the batch size trained with, ``[S]`` each."""
+    fig = _figure(5.8, 3.0)
+    ax = fig.subplots()
+    shown = np.isfinite(b_simple) & (b_simple > 0)
+    ax.plot(steps[shown], b_simple[shown], color=_BLUE, label="B_simple ≈ critical batch")
+    ax.plot(steps, batch_size, color=_ORANGE, linestyle="--", label="batch size used")
+    if shown.any():
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("examples")
+    ax.set_title("gradient noise scale", fontsize=10)
+    ax.legend(fontsize=8)
     return _to_data_uri(fig)

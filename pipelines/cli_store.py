@@ -2,10 +2,10 @@
 
 The store is ``--store ROOT``, else ``$WINNOW_STORE``, else ``./winnow-store``; it must exist.
 Queries see the views ``scores(run, metric, example_id, value)``, ``trace(run, epoch,
-example_id, loss, kept, weight)``, ``vectors(run, name, example_id, vector)`` and ``runs``; they
-cannot write files. Results are streamed: ``--format table`` fetches only the rows it shows, and
-the other formats write batch by batch. Errors, warnings and a closed pipe follow
-``pipelines._store_cli``. See docs/store.md.
+example_id, loss, kept, weight, step, score)``, ``mixture``, ``noise_scale``, ``vectors(run, name,
+example_id, vector)`` and ``runs``; they cannot write files. Results are streamed: ``--format
+table`` fetches only the rows it shows, and the other formats write batch by batch. Errors,
+warnings and a closed pipe follow ``pipelines._store_cli``. See docs/store.md.
 """
 
 from __future__ import annotations
@@ -288,7 +288,8 @@ def format_table(table: pa.Table, *, max_rows: int | None = 1000, more_rows: boo
     return "\n".join(lines)
 
 
-_SHELL_HELP = """Enter SQL ending with ';' (views: scores, trace, vectors, runs). Commands:
+_SHELL_HELP = """Enter SQL ending with ';' (views: scores, trace, mixture, noise_scale, vectors,
+runs). Commands:
   .tables            list the views and their columns
   .runs              list runs (like `winnow runs`)
   .format FMT        output format: table, csv or json

@@ -5,7 +5,11 @@ For each selected run the page shows what the store holds:
 - scores: a histogram per metric, learnability against loss, the highest and lowest examples
   of each metric, cluster sizes and duplicate counts (embedding metrics);
 - training traces: the fraction pruned per epoch with the kept rows' mean loss, and how often
-  each example was kept.
+  each example was kept (epoch samplers); for in-step selectors and batch samplers the share of
+  candidates kept over the steps, the scores of kept and dropped candidates over time, how often
+  each example was picked, and a domain mixture over the steps (ODM);
+- the gradient noise scale over the steps next to the batch size used, read as the critical
+  batch size (McCandlish et al. 2018; docs/noise-scale.md).
 
 Everything is aggregated in DuckDB (``ScoreStore.sql``) before it reaches Python: histograms
 are bucketed in SQL, scatters use a capped, deterministic sample (ordered by a hash of the id),
@@ -148,6 +152,117 @@ def _trace_section(store: Any, run: str, num_examples: int | None) -> str:
     return "\n".join(parts)
 
 
+def _steps_section(store: Any, run: str, top_k: int) -> str:
+    """Per-step trace: what the selector kept over training, and whom it picked."""
+    summary = q.step_summary(store, run)
+    share = summary["kept"] / max(summary["rows"], 1)
+    parts = [
+        f"<h3>Selection trace</h3><p>{summary['steps']} steps traced "
+        f"({summary['first']}–{summary['last']}): {summary['rows']} candidates, "
+        f"{summary['kept']} kept ({share:.1%}); {summary['examples']} distinct examples were "
+        f"candidates, {summary['picked']} were picked at least once.</p>"
+    ]
+    buckets = q.step_buckets(store, run, summary["first"], summary["last"])
+    steps = np.array([b["step"] for b in buckets], dtype=float)
+    kept_share = np.array([b["share_kept"] for b in buckets], dtype=float)
+
+    def quantiles(key: str) -> np.ndarray:
+        return np.array([b[key] or [np.nan] * 3 for b in buckets], dtype=float).reshape(-1, 3)
+
+    uri = figures.step_trace(steps, kept_share, quantiles("kept_q"), quantiles("dropped_q"))
+    parts.append(_img(uri, f"selection over steps {run}"))
+    if not summary["scored"]:
+        parts.append("<p class='note'>No scores were traced (the batch was trained whole).</p>")
+    hist = q.pick_count_histogram(store, run)
+    uri = figures.keep_counts(
+        np.array([r["times_picked"] for r in hist]),
+        np.array([r["n"] for r in hist]),
+        summary["steps"],
+        unit="steps",
+    )
+    parts.append(_img(uri, f"pick counts {run}"))
+    rows = q.most_picked(store, run, top_k)
+    parts.append(f"<h4>Most picked {top_k} examples</h4>")
+    parts.append(
+        _table(
+            ["example_id", "steps kept", "steps as candidate", "mean score"],
+            [[r["example_id"], r["picked"], r["candidate"], r["mean_score"]] for r in rows],
+        )
+    )
+    return "\n".join(parts)
+
+
+def _mixture_section(store: Any, run: str) -> str:
+    steps, pi, labels = q.mixture_buckets(store, run)
+    mean = pi.mean(axis=0)
+    parts = ["<h3>Domain mixture</h3>"]
+    parts.append(_img(figures.mixture(steps, pi, labels), f"domain mixture {run}"))
+    parts.append(
+        _table(
+            ["domain", "mean weight", "first", "last"],
+            [
+                [label, float(m), float(pi[0, j]), float(pi[-1, j])]
+                for j, (label, m) in enumerate(zip(labels, mean, strict=True))
+            ],
+        )
+    )
+    return "\n".join(parts)
+
+
+def _noise_reading(b_simple: float, batch: int) -> str:
+    """What the critical batch size says about the batch used (McCandlish et al. 2018, eq. 2.11:
+    steps ``S = S_min (1 + B_noise / B)``, examples ``E = E_min (1 + B / B_noise)``)."""
+    if not (np.isfinite(b_simple) and b_simple > 0):
+        return (
+            "The smoothed estimate is not positive and finite (noise dominates the measured "
+            "gradient, or too few steps were measured): no reading."
+        )
+    steps, examples = 1.0 + b_simple / batch, 1.0 + batch / b_simple
+    if batch < 0.5 * b_simple:
+        regime = (
+            "below the critical batch: training is step-limited, and a larger batch would cut "
+            "the number of steps almost proportionally at little extra data"
+        )
+    elif batch > 2.0 * b_simple:
+        regime = (
+            "above the critical batch: more examples per step mostly buy repeated information; a "
+            "smaller batch would reach the same loss with fewer examples"
+        )
+    else:
+        regime = "near the critical batch: the usual balance between steps and examples"
+    return (
+        f"B<sub>crit</sub> ≈ B<sub>simple</sub> ≈ {b_simple:.4g} examples. The batch used, "
+        f"{batch}, is {regime}. At this batch training takes about {steps:.3g}× the fewest "
+        f"possible steps and {examples:.3g}× the fewest possible examples."
+    )
+
+
+def _noise_section(store: Any, run: str) -> str:
+    series, last = q.noise_series(store, run)
+    steps = np.array([r["step"] for r in series], dtype=float)
+    b_simple = np.array([np.nan if r["b_simple"] is None else r["b_simple"] for r in series])
+    batch = np.array([r["batch_size"] for r in series], dtype=float)
+    parts = ["<h3>Gradient noise scale</h3>"]
+    parts.append(_img(figures.noise_scale(steps, b_simple, batch), f"noise scale {run}"))
+    parts.append(f"<p>{_noise_reading(last['b_simple'], int(last['usual']))}</p>")
+    parts.append(
+        _table(
+            ["last step", "B_simple", "|G|² (smoothed)", "tr Σ (smoothed)", "batch", "estimator"],
+            [
+                [
+                    last[k]
+                    for k in ("step", "b_simple", "grad_sq", "trace_cov", "batch_size", "estimator")
+                ]
+            ],
+        )
+    )
+    parts.append(
+        "<p class='note'>B<sub>simple</sub> = tr(Σ) / |G|² with separately smoothed parts; it "
+        "assumes plain SGD and is a guide under Adam (docs/noise-scale.md).</p>"
+    )
+    return "\n".join(parts)
+
+
 _MANIFEST_KEYS = ("name", "kind", "status", "num_examples", "created", "finished")
 
 
@@ -180,7 +295,8 @@ def render_report(
 
     Args:
         store: a ``store.ScoreStore`` (only ``sql`` and ``runs`` are used).
-        runs: run names to include; ``None`` means every run with scores or a trace.
+        runs: run names to include; ``None`` means every run with scores, a trace, a mixture
+            or a noise scale.
         top_k: how many highest/lowest examples to list per metric.
     Raises:
         ValueError: a requested run has neither scores nor a trace, or the store is empty.
@@ -239,6 +355,12 @@ def _render(store: Any, runs: Sequence[str] | None, top_k: int, title: str | Non
             parts.append(_scores_section(store, run, top_k))
         if available[run]["trace"]:
             parts.append(_trace_section(store, run, manifests.get(run, {}).get("num_examples")))
+        if available[run]["steps"]:
+            parts.append(_steps_section(store, run, top_k))
+        if available[run]["mixture"]:
+            parts.append(_mixture_section(store, run))
+        if available[run]["noise"]:
+            parts.append(_noise_section(store, run))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
 

@@ -11,18 +11,27 @@ In-step selectors (batch-then-sample): subclasses of :class:`InStepSelector`
 (:class:`JESTSelector`, :class:`RhoLossSelector`, :class:`TopLossSelector`,
 :class:`ImportanceSelector`) pick rows of a super-batch inside the step (learner scores from
 :func:`score_super_batch`) and return ``(rows, weights)``; :class:`HardBatchSampler` is DyBAT's
-batch sampler over a fixed partition.
+batch sampler over a fixed partition, :class:`ODMSampler` Online Data Mixing's. Given
+``trace=ScoreStore(root).trace_writer(run)``, every sampler and selector records its decisions
+for SQL (docs/traces.md); :class:`NoiseScaleMonitor` measures the gradient noise scale during
+training (docs/noise-scale.md).
 
 Every ``state_dict()`` holds only tensors and plain values (``torch.load`` defaults read it) and
 ``load_state_dict`` refuses another configuration (docs/conventions.md).
+
+Framework adapters live in their own modules and import their framework lazily, so importing
+this package never imports them: :mod:`winnow.samplers.lightning` (``WinnowCallback``) and
+:mod:`winnow.samplers.huggingface` (``WinnowTrainer``, ``prepare_loader`` for accelerate);
+docs/frameworks.md.
 """
 
 from winnow.samplers.epoch import EpochPlan, EpochPolicy, EpochSampler, SeedStreams, TraceWriter
 from winnow.samplers.hardbatch import HardBatchSampler
 from winnow.samplers.importance import ImportanceSelector
-from winnow.samplers.indexed import IndexedDataset
+from winnow.samplers.indexed import IndexedDataset, collate_with_ids
 from winnow.samplers.infobatch import InfoBatch, InfoBatchSampler
 from winnow.samplers.jest import JESTSelector, score_super_batch
+from winnow.samplers.noise_monitor import NoiseScaleMonitor
 from winnow.samplers.odm import ODMSampler
 from winnow.samplers.pruned import PrunedSampler, StaticSubset
 from winnow.samplers.rho import (
@@ -49,6 +58,7 @@ __all__ = [
     "InfoBatch",
     "InfoBatchSampler",
     "JESTSelector",
+    "NoiseScaleMonitor",
     "ODMSampler",
     "PrunedSampler",
     "RS2",
@@ -60,6 +70,7 @@ __all__ = [
     "TopLossSelector",
     "TraceWriter",
     "compressed_cosine",
+    "collate_with_ids",
     "cosine_lambda",
     "holdout_split",
     "score_irreducible_losses",

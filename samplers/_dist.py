@@ -12,7 +12,9 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather_feedback",
+    "check_rank_world",
     "gather_feedback_to_host",
+    "gather_rank_states",
     "is_distributed",
     "reduce_batch_means",
     "resolve_rank_world",
@@ -30,21 +32,35 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def check_rank_world(rank: int | None, world_size: int | None) -> None:
+    """Check what was given explicitly; ``None`` is left to :func:`resolve_rank_world`.
+
+    Samplers call this at construction and resolve the rest when they first plan: under
+    Lightning the process group starts inside ``fit``, after the user built the sampler.
+    """
+    if world_size is not None:
+        if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer):
+            raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+            raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+        if rank < 0 or (world_size is not None and rank >= world_size):
+            bound = "" if world_size is None else f", {world_size}"
+            raise ValueError(f"rank must be in [0{bound}), got {rank}")
+
+
 def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """Return ``(rank, world_size)``: the given values, else the process group's, else ``(0, 1)``.
 
     Raises ``ValueError`` if ``world_size < 1`` or ``rank`` is not in ``[0, world_size)``.
     """
+    check_rank_world(rank, world_size)
     if world_size is None:
         world_size = dist.get_world_size() if is_distributed() else 1
     if rank is None:
         rank = dist.get_rank() if is_distributed() else 0
-    if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer):
-        raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
-        raise TypeError(f"rank must be an int, got {type(rank).__name__}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     return int(rank), int(world_size)
@@ -161,6 +177,19 @@ def gather_feedback_to_host(
         if got_ids.numel():
             out.append((got_ids.cpu().numpy(), got_losses.float().cpu().numpy()))
     return out
+
+
+def gather_rank_states(state: dict) -> list[dict]:
+    """Every rank's ``state`` (small: a selector's generators), in rank order; a collective.
+
+    For checkpoints that one rank writes (Lightning's, the HF Trainer's): a state that differs
+    per rank is kept for every rank, and each rank loads its own entry on resume.
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
 
 
 def reduce_batch_means(entries: torch.Tensor) -> torch.Tensor:

@@ -228,6 +228,7 @@ class DeviceGenerators:
     """
 
     def __init__(self, seed: int, rank: int):
+        self.rank = int(rank)
         state = np.random.SeedSequence([int(seed), int(rank)]).generate_state(2, np.uint32)
         self._seed = (int(state[0]) << 31) ^ int(state[1])
         self._gens: dict[str, torch.Generator] = {}

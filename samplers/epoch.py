@@ -24,15 +24,17 @@ Resume has one path, ``sampler.load_state_dict(state)`` (docs/conventions.md):
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
-from winnow.samplers._dist import resolve_rank_world, shard, shard_length
+from winnow.samplers._dist import check_rank_world, resolve_rank_world, shard, shard_length
+from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.score_table import ScoreTable, as_feedback_tensors
 from winnow.selection._state import check_state, make_state
 
@@ -145,13 +147,22 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Runs an :class:`EpochPolicy` as a ``torch.utils.data.Sampler`` (see module docstring).
+
+    It is a ``DistributedSampler`` (``num_replicas``, ``rank``, ``epoch``, ``num_samples``,
+    ``total_size`` and ``set_epoch`` read as there) because Lightning and Fabric leave a
+    ``DistributedSampler`` in place under DDP, where they would wrap any other sampler in a
+    distributed wrapper that shards each rank's shard again. Its ``__init__`` is not called (it
+    would need a process group) and its ``shuffle`` is unused: the policy orders the plan. A
+    wrapper that shards it anyway is refused when iteration starts (docs/frameworks.md).
 
     Args:
         policy: the method (``InfoBatch``, ``RS2``, ``StaticSubset`` or your own).
         seed: the policy draws from :class:`SeedStreams` of this seed.
-        rank, world_size: default from ``torch.distributed`` when initialised, else 0 and 1.
+        rank, world_size: default from ``torch.distributed`` when a plan is first sharded (so a
+            sampler built before the process group starts, as under Lightning, follows it),
+            else 0 and 1.
         drop_last: sharding as ``DistributedSampler(drop_last=...)``.
         scores: a :class:`ScoreTable` to share or pre-seed; a new one otherwise.
         trace: optional writer with ``write(epoch, example_id, kept, weight, loss)``; rank 0
@@ -174,7 +185,8 @@ class EpochSampler(Sampler[int]):
         self.policy = policy
         self.num_examples = policy.num_examples
         self.streams = SeedStreams(seed)
-        self.rank, self.world_size = resolve_rank_world(rank, world_size)
+        check_rank_world(rank, world_size)
+        self._rank_arg, self._world_arg = rank, world_size
         self.drop_last = bool(drop_last)
         if scores is None:
             scores = ScoreTable(self.num_examples, initial=policy.initial_score)
@@ -193,6 +205,7 @@ class EpochSampler(Sampler[int]):
         self._planned: int | None = None
         self._plan: EpochPlan | None = None
         self._shard: np.ndarray | None = None
+        self._sharded_for: tuple[int, int] | None = None
         self._lengths: dict[int, int] = {}
         self._weights: dict[tuple[torch.device, torch.dtype], torch.Tensor | None] = {}
         self._resume_at = 0
@@ -202,6 +215,39 @@ class EpochSampler(Sampler[int]):
     @property
     def seed(self) -> int:
         return self.streams.seed
+
+    # DistributedSampler's attributes, read from the live plan and process group.
+    shuffle = True
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's now, else 0."""
+        return resolve_rank_world(self._rank_arg, self._world_arg)[0]
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks sharing the plan: as given, else the process group's now, else 1."""
+        return resolve_rank_world(self._rank_arg, self._world_arg)[1]
+
+    @property
+    def num_replicas(self) -> int:
+        """``DistributedSampler``'s name for :attr:`world_size`."""
+        return self.world_size
+
+    @property
+    def num_samples(self) -> int:
+        """``DistributedSampler``'s name for ``len(sampler)``: this rank's ids this epoch."""
+        return len(self)
+
+    @property
+    def total_size(self) -> int:
+        """Ids of all ranks this epoch, after padding or truncation (``DistributedSampler``)."""
+        return len(self) * self.world_size
+
+    @property
+    def dataset(self) -> range:
+        """The ids a plan draws from, ``range(N)`` (``DistributedSampler``'s dataset)."""
+        return range(self.num_examples)
 
     # ----------------------------------------------------------------- epochs and plans
     @property
@@ -245,6 +291,7 @@ class EpochSampler(Sampler[int]):
     def _build(self) -> None:
         # Drop the previous plan first so two plans never coexist (bytes per example at 10^8).
         self._plan, self._shard, self._weights, self._cursor = None, None, {}, None
+        self._sharded_for = None
         plan = self.policy.plan(self._epoch, self.scores, self.streams)
         if not isinstance(plan, EpochPlan):
             raise TypeError(
@@ -253,15 +300,25 @@ class EpochSampler(Sampler[int]):
         self._plan = plan
         self._planned = self._epoch
         self._lengths[self._epoch] = int(len(plan.ids))
-        self._shard = shard(plan.ids, self.rank, self.world_size, drop_last=self.drop_last)
+        self._cut_shard()
         if self._trace is not None and self.rank == 0:
             self._write_trace(plan)
+
+    def _cut_shard(self) -> None:
+        assert self._plan is not None
+        layout = resolve_rank_world(self._rank_arg, self._world_arg)
+        self._shard = shard(self._plan.ids, *layout, drop_last=self.drop_last)
+        self._sharded_for = layout
 
     def _ensure_plan(self) -> np.ndarray:
         if self._held_epoch is not None or self.scores.restored:
             self._apply_held_epoch()
         if self._shard is None:
             self._build()
+        elif self._sharded_for != resolve_rank_world(self._rank_arg, self._world_arg):
+            # Planned before the process group started (e.g. len(loader) before fit): the
+            # plan stands, only this rank's share of it changes.
+            self._cut_shard()
         assert self._shard is not None
         return self._shard
 
@@ -296,6 +353,13 @@ class EpochSampler(Sampler[int]):
         advance; an epoch whose length depends on future losses counts as full (an upper bound,
         so a scheduler built on it never runs past its end). ``drop_last`` is the DataLoader's.
         """
+        return sum(self.epoch_steps(batch_size, num_epochs, drop_last=drop_last))
+
+    def epoch_steps(
+        self, batch_size: int, num_epochs: int | None = None, *, drop_last: bool = False
+    ) -> list[int]:
+        """:meth:`total_steps` epoch by epoch: this rank's batches in epochs ``0..num_epochs-1``
+        (what a framework that accumulates gradients or limits batches per epoch needs)."""
         batch_size = check_int("batch_size", batch_size, minimum=1)
         if num_epochs is None:
             num_epochs = self.policy.num_epochs
@@ -304,16 +368,17 @@ class EpochSampler(Sampler[int]):
                     f"{self.policy.name} has no fixed run length; pass num_epochs to total_steps"
                 )
         num_epochs = check_int("num_epochs", num_epochs, minimum=0)
-        total = 0
+        world = self.world_size
+        steps = []
         for epoch in range(num_epochs):
             length = self._lengths.get(epoch)
             if length is None:
                 length = self.policy.plan_length(epoch)
             if length is None:
                 length = self.num_examples
-            per_rank = shard_length(length, self.world_size, drop_last=self.drop_last)
-            total += _steps(per_rank, batch_size, drop_last)
-        return total
+            per_rank = shard_length(length, world, drop_last=self.drop_last)
+            steps.append(_steps(per_rank, batch_size, drop_last))
+        return steps
 
     @property
     def plan_lengths(self) -> dict[int, int]:
@@ -321,6 +386,7 @@ class EpochSampler(Sampler[int]):
         return dict(self._lengths)
 
     def __iter__(self):
+        refuse_resharding(self, sys._getframe(1))
         # Lazy: StatefulDataLoader calls iter() before it loads the sampler's state.
         return self._iterate()
 
@@ -481,6 +547,7 @@ class EpochSampler(Sampler[int]):
         self._planned = epoch
         self._plan = None
         self._shard = None
+        self._sharded_for = None
         self._weights = {}
         self._cursor = None
         self._resume_at = position

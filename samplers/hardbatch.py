@@ -35,6 +35,7 @@ collectives.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -43,9 +44,17 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from winnow.samplers._dist import reduce_batch_means, resolve_rank_world, shard
+from winnow.samplers._dist import (
+    check_rank_world,
+    is_distributed,
+    reduce_batch_means,
+    resolve_rank_world,
+    shard,
+)
+from winnow.samplers._trace import StepTrace
+from winnow.samplers._wrapping import refuse_resharding
 from winnow.samplers.epoch import check_int
-from winnow.selection._state import check_state, make_state
+from winnow.selection._state import check_state, make_state, state_array
 
 __all__ = ["HardBatchSampler"]
 
@@ -62,7 +71,15 @@ class HardBatchSampler(Sampler[list[int]]):
             fixed partition).
         num_epochs: ``E``; the run is exactly ``E * floor(N / b)`` steps.
         seed: seeds the one-time shuffle that fixes the partition.
-        rank, world_size: default from ``torch.distributed``, else ``(0, 1)``.
+        rank, world_size: default from ``torch.distributed`` when a batch is first sliced (so a
+            sampler built before the process group starts follows it), else ``(0, 1)``.
+        trace, trace_every: a trace writer recording every step's batch as :meth:`update`
+            receives it (ids, per-example losses, the batch's score), 1 step in
+            ``trace_every`` (docs/traces.md).
+
+    Under Lightning's DDP pass ``Trainer(use_distributed_sampler=False)``: Lightning rebuilds
+    any custom batch sampler with its own sampler inside (a new object, which would not see the
+    loop's ``update`` calls) or refuses it (docs/frameworks.md).
     """
 
     def __init__(
@@ -75,6 +92,8 @@ class HardBatchSampler(Sampler[list[int]]):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        trace: Any = None,
+        trace_every: int = 1,
     ):
         num_examples = check_int("num_examples", num_examples, minimum=1)
         batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -86,12 +105,8 @@ class HardBatchSampler(Sampler[list[int]]):
             )
         if isinstance(delta, bool) or not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
-        self.rank, self.world_size = resolve_rank_world(rank, world_size)
-        if batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {batch_size} must be divisible by world_size {self.world_size} "
-                "(each rank takes an equal slice of every batch)"
-            )
+        check_rank_world(rank, world_size)
+        self._rank_arg, self._world_arg = rank, world_size
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.delta = float(delta)
@@ -112,6 +127,28 @@ class HardBatchSampler(Sampler[list[int]]):
         self._emitted = 0  # steps handed out (after a resume: fed back + replayed)
         self._replay: deque[int] = deque()
         self._pending: deque[tuple[int, int]] = deque()  # (step, batch) awaiting losses
+        self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
+        if world_size is not None or is_distributed():
+            self._layout()  # a world size known now is checked against batch_size now
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's now, else 0."""
+        return self._layout()[0]
+
+    @property
+    def world_size(self) -> int:
+        """Ranks sharing every batch: as given, else the process group's now, else 1."""
+        return self._layout()[1]
+
+    def _layout(self) -> tuple[int, int]:
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by world_size {world} "
+                "(each rank takes an equal slice of every batch)"
+            )
+        return rank, world
 
     # -- plan ---------------------------------------------------------------------------------
     def total_steps(
@@ -137,6 +174,17 @@ class HardBatchSampler(Sampler[list[int]]):
             num_epochs = self.num_epochs
         return check_int("num_epochs", num_epochs, minimum=0) * self.num_batches
 
+    def epoch_steps(
+        self,
+        batch_size: int | None = None,
+        num_epochs: int | None = None,
+        *,
+        drop_last: bool = False,
+    ) -> list[int]:
+        """:meth:`total_steps` epoch equivalent by epoch equivalent: ``n_b`` each."""
+        total = self.total_steps(batch_size, num_epochs, drop_last=drop_last)
+        return [self.num_batches] * (total // self.num_batches)
+
     @property
     def _run_steps(self) -> int:
         return self.num_epochs * self.num_batches
@@ -159,7 +207,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return self._perm[lo : lo + self.batch_size].astype(np.int64)
 
     def _local_ids(self, batch: int) -> np.ndarray:
-        return shard(self.batch_ids(batch), self.rank, self.world_size, drop_last=True)
+        return shard(self.batch_ids(batch), *self._layout(), drop_last=True)
 
     def _epoch_end(self) -> int:
         epoch = self._emitted // self.num_batches
@@ -198,6 +246,7 @@ class HardBatchSampler(Sampler[list[int]]):
         return np.sort(top).astype(np.int64)
 
     def __iter__(self) -> Iterator[list[int]]:
+        refuse_resharding(self, sys._getframe(1))
         end = self._epoch_end()
         while self._emitted < end:
             batch = self._replay.popleft() if self._replay else self._next_batch()
@@ -233,6 +282,10 @@ class HardBatchSampler(Sampler[list[int]]):
         detached = losses.detach()
         del self._pending[slot]
         self._unflushed.append((batch, step, detached.float().sum(), detached.shape[0]))
+        if self._trace is not None and self._trace.wants(step):
+            # score: the batch's settled mean loss, the one the round choice ranked (NaN: none)
+            epoch = step // self.num_batches
+            self._trace.record_batch(step, local, detached, score=self._losses[batch], epoch=epoch)
 
     def _match(self, key) -> int:
         if not self._pending:
@@ -302,9 +355,11 @@ class HardBatchSampler(Sampler[list[int]]):
 
         The position saved is the last batch whose losses came back: on resume, batches that
         were yielded but not yet fed back are yielded again first, so the run continues exactly.
-        Tensors and plain values only (docs/conventions.md).
+        Tensors and plain values only (docs/conventions.md). Flushes the trace.
         """
         self._flush()
+        if self._trace is not None:
+            self._trace.flush()
         in_flight = [batch for _, batch in self._pending] + list(self._replay)
         return make_state(
             "HardBatchSampler",
@@ -329,8 +384,11 @@ class HardBatchSampler(Sampler[list[int]]):
             config=self.config(),
             required=_STATE_KEYS,
         )
-        losses = _array(state["losses"], np.float64)
-        loss_step = _array(state["loss_step"], np.int64)
+        def entry(key: str, dtype: Any) -> np.ndarray:
+            return state_array(state[key], dtype, what=f"HardBatchSampler state {key!r}")
+
+        losses = entry("losses", np.float64)
+        loss_step = entry("loss_step", np.int64)
         if losses.shape != (self.num_batches,) or loss_step.shape != (self.num_batches,):
             raise ValueError(
                 f"HardBatchSampler state holds {losses.shape} losses and {loss_step.shape} steps; "
@@ -341,11 +399,18 @@ class HardBatchSampler(Sampler[list[int]]):
         self._pending.clear()
         self._unflushed.clear()
         self._sched_step = int(state["sched_step"])
-        self._round = _array(state["round"], np.int64).copy()
+        self._round = entry("round", np.int64).copy()
         self._round_pos = int(state["round_pos"])
         self._rounds_started = int(state["rounds_started"])
         self._losses = losses.copy()
         self._loss_step = loss_step.copy()
+        if self._trace is not None:
+            self._trace.resume(self._emitted)
+
+    def close(self) -> None:
+        """Write what the trace holds and close its writer (finishing the run's manifest)."""
+        if self._trace is not None:
+            self._trace.close()
 
 
 _STATE_KEYS = (
@@ -358,9 +423,3 @@ _STATE_KEYS = (
     "losses",
     "loss_step",
 )
-
-
-def _array(value: Any, dtype: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value).astype(dtype, copy=False)

@@ -18,10 +18,12 @@ DDP: each rank selects from its own super-batch and keeps its own ``tau`` (not g
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from winnow.samplers._instep import ids_to_numpy
 from winnow.samplers.selector import InStepSelector
 from winnow.selection.importance import (
     last_layer_bound,
@@ -123,18 +125,23 @@ class ImportanceSelector(InStepSelector):
         return float(self._tau_host) > threshold
 
     def uniform(
-        self, super_batch: int, device: torch.device | str = "cpu"
+        self, super_batch: int, device: torch.device | str = "cpu", *, ids: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The closed gate's choice without scores: ``b`` rows of a super-batch of
-        ``super_batch`` rows, uniformly without replacement, weights 1 (on ``device``)."""
+        ``super_batch`` rows, uniformly without replacement, weights 1 (on ``device``).
+        A traced selector needs the super-batch's ``ids`` (its scores are traced as NaN)."""
         if isinstance(super_batch, bool) or not isinstance(super_batch, int) or super_batch < 1:
             raise ValueError(f"super_batch must be a positive int, got {super_batch!r}")
         k = self.selected_size(super_batch)
         self._super_batch = super_batch
         gen = self.generator(device)
         rows = torch.randperm(super_batch, generator=gen, device=gen.device)[:k]
+        weights = torch.ones(k, dtype=torch.float32, device=gen.device)
+        if self._trace is not None:
+            unscored = torch.full((super_batch,), math.nan, device=gen.device)
+            self._record(None if ids is None else ids_to_numpy(ids), unscored, rows, weights)
         self.steps += 1
-        return rows, torch.ones(k, dtype=torch.float32, device=gen.device)
+        return rows, weights
 
     def observe(self, scores: torch.Tensor) -> None:
         """Update ``tau`` from the importance scores ``[b]`` of the rows just trained on

@@ -232,8 +232,9 @@ class JESTSelector(InStepSelector):
                     )
             reference = reference.float()
         b = self.selected_size(n)
+        scores = jest_scores(learner, reference, self.mode)
         rows = joint_sample(
-            jest_scores(learner, reference, self.mode),
+            scores,
             b,
             n_chunks=self.n_chunks,
             temperature=self.temperature,
@@ -241,8 +242,11 @@ class JESTSelector(InStepSelector):
             normalize_logits=self.normalize_logits,
             generator=self.generator(learner.device),
         )
+        weights = torch.ones(b, dtype=torch.float32, device=learner.device)
+        # traced per row: the matched pair's score and the learner's matched-pair loss
+        self._record(ids_np, scores.diagonal(), rows, weights, learner.diagonal())
         self.steps += 1
-        return rows, torch.ones(b, dtype=torch.float32, device=learner.device)
+        return rows, weights
 
 
 def score_super_batch(

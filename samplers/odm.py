@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from winnow.samplers._dist import is_distributed, resolve_rank_world, shard
+from winnow.samplers._trace import StepTrace
 from winnow.samplers.epoch import check_int
 from winnow.selection._state import check_state, make_state
 
@@ -67,6 +68,9 @@ class ODMSampler(Sampler[list[int]]):
         normalize: ``"softmax"`` (paper, EXP3) or ``"linear"`` (official ``group_update``).
         seed: draws and per-domain shuffles are pure functions of it.
         rank, world_size: default from ``torch.distributed``, else ``(0, 1)``.
+        trace, trace_every: a trace writer recording every step's batch as :meth:`update`
+            receives it (ids, per-example losses, score = the probability its domain was
+            drawn with) and the mixture ``pi``, 1 step in ``trace_every`` (docs/traces.md).
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class ODMSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        trace: Any = None,
+        trace_every: int = 1,
     ):
         self._domain_of = _check_domains(domains, num_domains)
         self.num_examples = int(self._domain_of.shape[0])
@@ -120,6 +126,7 @@ class ODMSampler(Sampler[list[int]]):
         # Fed back but not yet applied: (step, domain, probability, loss sum, work handle).
         self._unapplied: deque[tuple[int, int, float, torch.Tensor, Any]] = deque()
         self._history: list[np.ndarray] = []
+        self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
 
     # -- the mixture ----------------------------------------------------------------------------
     def _eps(self, n: int) -> float:
@@ -265,6 +272,9 @@ class ODMSampler(Sampler[list[int]]):
             work = dist.all_reduce(total, async_op=True)
         self._awaiting.popleft()
         self._unapplied.append((step, domain, prob, total, work))
+        if self._trace is not None and self._trace.wants(step):
+            self._trace.record_batch(step, local, losses, score=prob)
+            self._trace.record_mixture(step, self._history[step], domain)
 
     # -- state ----------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -284,8 +294,10 @@ class ODMSampler(Sampler[list[int]]):
 
     def state_dict(self) -> dict[str, Any]:
         """The mixture's state, the per-domain cursors, and the batches drawn but not yet fed
-        back (yielded again first on resume, so the run continues exactly)."""
+        back (yielded again first on resume, so the run continues exactly). Flushes the trace."""
         self._apply_rewards()
+        if self._trace is not None:
+            self._trace.flush()
         in_flight = list(self._awaiting) + list(self._replay)
         fed = self._drawn - len(in_flight)
         return make_state(
@@ -327,6 +339,13 @@ class ODMSampler(Sampler[list[int]]):
             for b in state["in_flight"]
         )
         self._history = list(np.asarray(state["history"], dtype=np.float64))
+        if self._trace is not None:
+            self._trace.resume(self._drawn - len(self._replay))
+
+    def close(self) -> None:
+        """Write what the trace holds and close its writer (finishing the run's manifest)."""
+        if self._trace is not None:
+            self._trace.close()
 
 
 def _check_domains(domains: Any, num_domains: int | None) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from winnow.samplers._dist import gather_feedback_to_host
-from winnow.selection._state import check_state, make_state
+from winnow.selection._state import check_state, make_state, state_array
 
 __all__ = ["ScoreTable"]
 
@@ -268,8 +268,11 @@ class ScoreTable:
             config={_K_NUM: self._n},
             required=(_K_VALUES, _K_SEEN, _K_PENDING_IDS, _K_PENDING_LOSSES),
         )
-        values = _host(state[_K_VALUES], np.float32, _K_VALUES)
-        seen = _host(state[_K_SEEN], np.bool_, _K_SEEN)
+        def entry(key: str, dtype: Any) -> np.ndarray:
+            return state_array(state[key], dtype, what=f"ScoreTable state {key!r}")
+
+        values = entry(_K_VALUES, np.float32)
+        seen = entry(_K_SEEN, np.bool_)
         if values.shape != (self._n,) or seen.shape != (self._n,):
             raise ValueError(
                 f"ScoreTable state arrays must have shape ({self._n},), got values "
@@ -281,8 +284,8 @@ class ScoreTable:
                 f"ScoreTable state has {len(bad)} non-finite scores (ids {bad[:5].tolist()}); "
                 "expected finite values"
             )
-        pending = _host(state[_K_PENDING_IDS], np.int64, _K_PENDING_IDS)
-        pending_losses = _host(state[_K_PENDING_LOSSES], np.float32, _K_PENDING_LOSSES)
+        pending = entry(_K_PENDING_IDS, np.int64)
+        pending_losses = entry(_K_PENDING_LOSSES, np.float32)
         if pending.ndim != 1 or pending.shape != pending_losses.shape:
             raise ValueError(
                 f"ScoreTable state: pending ids {pending.shape} and losses "
@@ -293,13 +296,3 @@ class ScoreTable:
         self._local_ids, self._local_losses, self._compacted = [], [], 0
         self._gathered = [(pending.copy(), pending_losses.copy())] if len(pending) else []
         self.restored = True
-
-
-def _host(value: Any, dtype: Any, key: str) -> np.ndarray:
-    """A state entry (tensor, or array from an older in-memory state) as a numpy array."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.dtype != dtype and not np.can_cast(array.dtype, dtype, casting="same_kind"):
-        raise TypeError(f"ScoreTable state {key!r} has dtype {array.dtype}; expected {dtype}")
-    return array.astype(dtype, copy=False)

@@ -15,6 +15,9 @@ counter and checkpoints. A method overrides
 
 See docs/extending.md. DDP: each rank selects from its own super-batch; the generators are seeded
 from ``(seed, rank)``, so ranks draw independent noise.
+
+With ``trace=`` every selection is recorded for SQL (candidates, scores, kept rows, weights),
+buffered on the device and written in chunks (docs/traces.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from winnow.samplers._instep import (
     ids_to_numpy,
     resolve_batch_size,
 )
+from winnow.samplers._trace import StepTrace
 from winnow.selection._state import check_state, make_state
 
 __all__ = ["InStepSelector"]
@@ -49,9 +53,13 @@ class InStepSelector:
             floor(B * keep))`` rows. Defaults to the method's :attr:`default_keep`.
         batch_size: keep exactly this many rows instead (not with ``keep``).
         seed: seeds the selector's generators (combined with the rank).
-        rank: this process's rank (default: from ``torch.distributed``, else 0).
+        rank: this process's rank (default: from ``torch.distributed`` when the selector first
+            draws, so one built before the process group starts follows it; else 0).
         check_finite: NaN/inf check of the scores passed in; ``None`` = only on the CPU (on an
             accelerator it would cost a host sync per step).
+        trace: a trace writer (``ScoreStore(root).trace_writer(run)``) that records every
+            step's candidates, scores, kept rows and weights (docs/traces.md).
+        trace_every: record 1 step in ``trace_every`` (the steps divisible by it).
     """
 
     #: the share kept when the caller gives neither ``keep`` nor ``batch_size``
@@ -67,6 +75,8 @@ class InStepSelector:
         seed: int = 0,
         rank: int | None = None,
         check_finite: bool | None = None,
+        trace: Any = None,
+        trace_every: int = 1,
     ):
         if keep is not None and batch_size is not None:
             raise ValueError(
@@ -81,14 +91,30 @@ class InStepSelector:
         self.keep = check_fraction(self.default_keep if keep is None else keep, "keep")
         self.batch_size = batch_size
         self.seed = int(seed)
-        self.rank = default_rank(rank)
+        if rank is not None:
+            default_rank(rank)  # checked now, used as given
+        self._rank_arg = rank
         self.check_finite = check_finite
-        self._gens = DeviceGenerators(self.seed, self.rank)
+        self._gens: DeviceGenerators | None = None
         self.steps = 0
+        self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
 
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: as given, else the process group's (fixed at the first draw)."""
+        if self._gens is not None:
+            return self._gens.rank
+        return default_rank(self._rank_arg)
+
+    @property
+    def _generators(self) -> DeviceGenerators:
+        if self._gens is None:
+            self._gens = DeviceGenerators(self.seed, default_rank(self._rank_arg))
+        return self._gens
 
     # ----------------------------------------------------------------- the method's part
     def choose(
@@ -132,7 +158,7 @@ class InStepSelector:
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """This selector's generator on ``device`` (created from the seed on first use)."""
-        return self._gens.get(torch.device(device))
+        return self._generators.get(torch.device(device))
 
     def select(self, ids: Any, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the super-batch to train on, and their loss weights.
@@ -154,21 +180,35 @@ class InStepSelector:
         k = self.selected_size(checked.shape[0])
         values = self.selection_scores(ids_np, checked)
         rows, weights = self.choose(values, k, self.generator(values.device))
+        loss = checked if self.input_name == "learner_losses" else None
+        self._record(ids_np, values, rows, weights, loss)
         self.steps += 1
         return rows, weights
+
+    def _record(self, ids, scores, rows, weights, loss=None) -> None:
+        """Trace this step's choice (before ``steps`` counts it); no host sync."""
+        if self._trace is not None and self._trace.wants(self.steps):
+            self._trace.record(self.steps, ids, scores, rows, weights, loss=loss)
+
+    def close(self) -> None:
+        """Write what the trace holds and close its writer (finishing the run's manifest)."""
+        if self._trace is not None:
+            self._trace.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, generator states and the method's extra state (no score tables).
 
-        Loadable with ``torch.load``'s defaults (docs/conventions.md).
+        Loadable with ``torch.load``'s defaults (docs/conventions.md). Flushes the trace.
         """
+        if self._trace is not None:
+            self._trace.flush()
         return make_state(
             self.name,
             _VERSION,
             self.config(),
             **{
                 _K_STEPS: self.steps,
-                _K_GENERATORS: self._gens.state_dict(),
+                _K_GENERATORS: self._generators.state_dict(),
                 _K_EXTRA: self.extra_state(),
             },
         )
@@ -184,5 +224,7 @@ class InStepSelector:
             required=(_K_STEPS, _K_GENERATORS, _K_EXTRA),
         )
         self.load_extra_state(state[_K_EXTRA])
-        self._gens.load_state_dict(state[_K_GENERATORS])
+        self._generators.load_state_dict(state[_K_GENERATORS])
         self.steps = int(state[_K_STEPS])
+        if self._trace is not None:
+            self._trace.resume(self.steps)

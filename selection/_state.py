@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["K_CONFIG", "K_KIND", "K_VERSION", "check_state", "make_state", "plain"]
+__all__ = ["K_CONFIG", "K_KIND", "K_VERSION", "check_state", "make_state", "plain", "state_array"]
 
 K_KIND = "kind"
 K_VERSION = "version"
@@ -46,6 +46,20 @@ def plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {plain(k): plain(v) for k, v in value.items()}
     raise TypeError(f"state values must be tensors or plain Python values, got {type(value)}")
+
+
+def state_array(value: Any, dtype: Any, *, what: str) -> np.ndarray:
+    """A state entry (a tensor, or an array-like) as a numpy array of ``dtype``.
+
+    Refuses a value that would lose its kind converting (floats into an int or bool array),
+    naming ``what``.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype != dtype and not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        raise TypeError(f"{what} has dtype {array.dtype}; expected {np.dtype(dtype)}")
+    return array.astype(dtype, copy=False)
 
 
 def make_state(kind: str, version: int, config: Mapping[str, Any], **payload: Any) -> dict:

@@ -1,21 +1,32 @@
-"""Exact per-example gradient norms: ghost norms from one backward, ``torch.func`` for the rest.
+"""Exact per-example gradient norms: ghost norms from one backward, an exact fallback for the rest.
 
 ``per_example_grad_norms(model, loss_fn, inputs, targets)`` returns ``||grad_theta l_i||_2`` for
 every example of the batch, over all parameters with ``requires_grad`` (docs/gradient-norms.md).
 
 How: forward hooks on the supported layers (see ``selection._ghost``) keep each layer's input
-and register a tensor hook on its *output*; one ``torch.autograd.grad`` of ``sum_i l_i`` fires the
-tensor hooks, which turn (input, output gradient) into per-example squared norms. Nothing is
-accumulated into ``.grad``, so it is safe in the middle of a training step. Tensor hooks (not
-``register_full_backward_hook``) keep the model usable under ``torch.func``, and see the gradient
-of the layer output even when a later in-place op (``ReLU(inplace=True)``) overwrote it.
+(positional or keyword) and the ``GradientEdge`` of its output; one ``torch.autograd.grad`` of
+``sum_i l_i`` with respect to those edges gives every layer's output gradient, and the rules
+turn (input, output gradient) into per-example squared norms. Weight gradients are never
+formed, nothing is accumulated into ``.grad`` (safe in the middle of a training step), no
+backward hooks are involved (the model stays usable under ``torch.func``), and an edge taken
+in the forward hook still names the layer's output after a later in-place op
+(``ReLU(inplace=True)``) overwrote the tensor.
 
-Parameters the hooks cannot account for exactly go to a ``vmap(grad)`` pass over the whole model
-that differentiates only those parameters, chunked over the batch to bound memory at
-``chunk_size x (their size)``: layers without a rule (including subclasses of known layers),
-modules called more than once per forward, parameters shared between modules, and layers whose
-``forward`` was bypassed (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly).
-Squared norms of disjoint parameter sets add, so the two passes combine exactly.
+A rule is exact only if its layer's single call is the parameter's only path to the loss.
+After the forward, ``selection._uses.accumulator_edges`` walks the autograd graph from the loss
+and counts the edges into each hooked parameter's gradient accumulator, and those made inside
+its layer's call; a parameter with any other edge (a tied output head ``h @ emb.weight.T``,
+``F.linear(h, layer.weight)``, a parent module reading it as ``nn.MultiheadAttention`` reads
+``out_proj.weight``, a regulariser in the loss) goes to the fallback, and ``method="ghost"``
+refuses it, naming it and the reason.
+
+Parameters the hooks cannot account for exactly go to ``selection._fallback``: layers without a
+rule (including subclasses of known layers), modules called more than once per forward,
+parameters shared between modules, parameters used outside their layer's call. The fallback is
+a ``vmap(grad)`` pass over the whole model that differentiates only those parameters, chunked
+over the batch to bound memory at ``chunk_size x (their size)``, or, for models holding an
+RNN/GRU/LSTM (which ``vmap`` cannot batch), a loop of one backward per example. Squared norms of
+disjoint parameter sets add, so the two passes combine exactly.
 
 The rules assume each hooked layer sees the batch on dim 0; a layer whose input or output has
 another leading size (a sequence-first layout) goes to the fallback. (If the sequence length
@@ -29,13 +40,19 @@ when exact agreement matters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
+from winnow.selection._fallback import fallback_sq_norms
 from winnow.selection._ghost import rule_for
+from winnow.selection._uses import accumulator_edges
 
 __all__ = ["per_example_grad_norms"]
 
@@ -48,10 +65,19 @@ class _Capture:
 
     rule: Callable
     names: dict[str, str]  # attribute ("weight") -> qualified parameter name ("0.weight")
+    ids: dict[str, int]  # attribute -> id(parameter)
+    input_name: str  # the forward's first argument, for a call like ``layer(input=x)``
     calls: int = 0
-    output: torch.Tensor | None = None
-    version: int = -1
-    sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    node: object = None  # autograd node of the output, None if the call passed no gradient
+    input_node: object = None  # autograd node of the input, where the call's own graph ends
+    x: torch.Tensor | None = None  # the input, kept only if the batch is on dim 0
+    edge: object = None  # the output's GradientEdge, taken before any in-place overwrite
+    exact: list[str] = field(default_factory=list)  # attributes the rule accounts for
+
+
+@cache
+def _first_argument(cls: type) -> str:
+    return list(inspect.signature(cls.forward).parameters)[1]
 
 
 def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
@@ -73,9 +99,10 @@ def _check_losses(losses, batch: int) -> torch.Tensor:
     return losses
 
 
-def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], set[str]]:
+def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], dict[str, str]]:
     """One walk over the modules: trainable parameter names (in ``named_parameters`` order),
-    ghost-hooked modules, and names for the fallback. Refuses batch-statistics BatchNorm."""
+    ghost-hooked modules, and ``{name: reason}`` for the fallback. Refuses batch-statistics
+    BatchNorm."""
     trainable: list[str] = []
     seen: dict[int, str] = {}
     owners: dict[int, int] = {}
@@ -89,126 +116,116 @@ def _plan(model: nn.Module) -> tuple[list[str], dict[nn.Module, _Capture], set[s
                 "using batch statistics (train mode or track_running_stats=False): they couple "
                 "the examples of a batch; call model.eval() or use GroupNorm/LayerNorm"
             )
-        own, ids = {}, []
+        own = {}
         for attr, p in module.named_parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
-            ids.append(id(p))
             if id(p) in seen or not p.requires_grad:
                 continue  # a shared parameter is named (and counted) once, as named_parameters
             seen[id(p)] = name = f"{prefix}.{attr}" if prefix else attr
             trainable.append(name)
             own[attr] = (name, p)
         if own:
-            own_by_module.append((module, own, ids))
+            own_by_module.append((module, own))
     captures: dict[nn.Module, _Capture] = {}
-    fallback: set[str] = set()
-    for module, own, ids in own_by_module:
+    fallback: dict[str, str] = {}
+    for module, own in own_by_module:
+        kind = type(module).__name__
         rule = rule_for(module)
-        shared = any(owners[i] > 1 for i in ids)
-        if rule is None or shared or set(own) - {"weight", "bias"}:
-            fallback.update(name for name, _ in own.values())
+        if rule is None:
+            fallback.update({name: f"{kind} has no ghost rule" for name, _ in own.values()})
             continue
-        captures[module] = _Capture(rule=rule, names={a: name for a, (name, _) in own.items()})
+        names, ids = {}, {}
+        for attr, (name, p) in own.items():
+            if owners[id(p)] > 1:
+                fallback[name] = "shared by several modules (tied weights)"
+            elif attr not in ("weight", "bias"):
+                fallback[name] = f"{kind}.{attr} has no ghost rule"
+            else:
+                names[attr], ids[attr] = name, id(p)
+        if names:
+            captures[module] = _Capture(rule, names, ids, _first_argument(type(module)))
     return trainable, captures, fallback
 
 
-def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
-    """One forward + one ``autograd.grad``; returns squared norms by parameter name."""
+def _route(cap: _Capture, kind: str, total: Counter, reached: set, fallback: dict) -> list[str]:
+    """After the forward: the capture's parameters its rule accounts for exactly; the others go
+    to ``fallback`` with the reason. ``total``: edges into each parameter's accumulator
+    reachable from the loss (``selection._uses``); ``reached``: the nodes on those paths.
+    A parameter with no edge from the loss gets an exact zero instead."""
+    inside = Counter()
+    if cap.calls == 1 and cap.node in reached:
+        own = set(cap.ids.values())
+        inside, _ = accumulator_edges(cap.node, own, stop=cap.input_node)
+    exact = []
+    for attr, name in cap.names.items():
+        uses, ours = total[cap.ids[attr]], inside[cap.ids[attr]]
+        if uses == 0:
+            continue
+        if cap.calls > 1:
+            fallback[name] = f"its {kind} is called {cap.calls} times in one forward"
+        elif uses > ours:
+            fallback[name] = (
+                f"used {uses - ours} time(s) outside its {kind} call (a tied weight, "
+                "F.linear on it, a parent module reading it directly, or the loss)"
+            )
+        elif cap.edge is None:
+            fallback[name] = f"its {kind} does not see the batch on dim 0"
+        elif ours != 1:
+            fallback[name] = f"used {ours} times in its own {kind} call"
+        else:
+            exact.append(attr)
+    return exact
 
-    def forward_hook(module, args, output):
+
+def _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback) -> dict:
+    """One forward + one ``autograd.grad`` to the layer outputs; returns squared norms by
+    parameter name for the parameters the rules account for, and adds the rest to
+    ``fallback``."""
+
+    def forward_hook(module, args, kwargs, output):
         cap = captures[module]
         cap.calls += 1
         if cap.calls > 1 or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
-        x = args[0].detach()
+        x = args[0] if args else kwargs.get(cap.input_name)
+        if not isinstance(x, torch.Tensor):
+            return
+        cap.node, cap.input_node = output.grad_fn, x.grad_fn
         if x.ndim == 0 or x.shape[0] != batch or output.shape[0] != batch:
             return  # batch not on dim 0 (e.g. sequence-first layout): left to the fallback
-        cap.output, cap.version = output, output._version
+        # The edge, not the tensor: a later in-place op (ReLU(inplace=True)) rebinds the
+        # tensor to a new node, while the edge keeps naming this layer's output.
+        cap.x, cap.edge = x.detach(), get_gradient_edge(output)
 
-        def tensor_hook(grad):
-            cap.sq = cap.rule(module, x, grad.detach())
-
-        output.register_hook(tensor_hook)
-
-    handles = [m.register_forward_hook(forward_hook) for m in captures]
+    handles = [m.register_forward_hook(forward_hook, with_kwargs=True) for m in captures]
     try:
         with torch.enable_grad():
             losses = _check_losses(loss_fn(model(*inputs), targets), batch)
-            anchors, probes = [], []
+            tracked = {i for cap in captures.values() for i in cap.ids.values()}
+            total, reached = accumulator_edges(losses.grad_fn, tracked)
+            wanted = {}
             for module, cap in captures.items():
-                if cap.calls == 0:
-                    # Unused, or its forward was bypassed: ask autograd whether a gradient
-                    # reaches its parameters (None = unused, so a zero norm, no fallback).
-                    probes.extend((name, getattr(module, attr)) for attr, name in cap.names.items())
-                elif cap.calls == 1 and cap.output is not None:
-                    if cap.output._version == cap.version:
-                        anchors.append(cap.output)
-                    else:  # overwritten in place: reach its producer through the weight instead
-                        anchors.append(getattr(module, next(iter(cap.names))))
-            wanted = anchors + [p for _, p in probes]
-            grads = torch.autograd.grad(losses.sum(), wanted, allow_unused=True) if wanted else ()
-            reached = {
-                name
-                for (name, _), g in zip(probes, grads[len(anchors) :], strict=True)
-                if g is not None
-            }
+                cap.exact = _route(cap, type(module).__name__, total, reached, fallback)
+                if cap.exact:
+                    wanted[module] = cap
+            grads = ()
+            if wanted:
+                edges = [cap.edge for cap in wanted.values()]
+                grads = torch.autograd.grad(losses.sum(), edges, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
     sq: dict[str, torch.Tensor] = {}
+    for (module, cap), g in zip(wanted.items(), grads, strict=True):
+        if g is not None:  # None: no gradient reaches this output, its norms are 0
+            per_param = cap.rule(module, cap.x, g)
+            sq.update({cap.names[a]: per_param[a] for a in cap.exact})
     for cap in captures.values():
-        if cap.calls > 1 or (cap.calls == 1 and cap.output is None):
-            fallback.update(cap.names.values())
-        elif cap.calls == 0:
-            fallback.update(n for n in cap.names.values() if n in reached)
-            sq.update(
-                {
-                    n: torch.zeros(batch, device=losses.device)
-                    for n in cap.names.values()
-                    if n not in reached
-                }
-            )
-        else:
-            for attr, name in cap.names.items():
-                if attr in cap.sq:
-                    sq[name] = cap.sq[attr]
-        cap.output, cap.sq = None, {}
+        for name in cap.names.values():
+            if name not in sq and name not in fallback:  # no path from the loss: exactly 0
+                sq[name] = losses.new_zeros(batch)
+        cap.node = cap.input_node = cap.x = cap.edge = None
     return sq
-
-
-def _vmap_pass(model, loss_fn, inputs, targets, names: Sequence[str], chunk_size: int) -> dict:
-    """Per-example squared norms of the parameters ``names`` via chunked ``vmap(grad)``."""
-    from torch.func import functional_call, grad, vmap
-
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    diff = {n: params[n] for n in names}
-    const = {n: p for n, p in params.items() if n not in diff}
-    has_targets = isinstance(targets, torch.Tensor)
-
-    def loss_one(diff_params, xs, y):
-        out = functional_call(
-            model, ({**const, **diff_params}, buffers), tuple(x[None] for x in xs)
-        )
-        losses = loss_fn(out, y[None] if has_targets else targets)
-        return losses.sum()
-
-    per_example = vmap(
-        grad(loss_one), in_dims=(None, 0, 0 if has_targets else None), randomness="different"
-    )
-    batch = inputs[0].shape[0]
-    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for start in range(0, batch, chunk_size):
-        sl = slice(start, start + chunk_size)
-        grads = per_example(
-            diff, tuple(x[sl] for x in inputs), targets[sl] if has_targets else None
-        )
-        for n in names:
-            g = grads[n]
-            acc = torch.promote_types(g.dtype, torch.float32)
-            chunks[n].append(g.reshape(g.shape[0], -1).to(acc).square().sum(1))
-        del grads
-    return {n: torch.cat(chunks[n]) for n in names}
 
 
 def per_example_grad_norms(
@@ -231,9 +248,12 @@ def per_example_grad_norms(
         inputs: a batched tensor ``[B, ...]`` or a tuple of them, passed as ``model(*inputs)``.
         targets: ``[B, ...]`` tensor (or anything ``loss_fn`` accepts, passed unbatched).
         per_layer: also return ``{parameter name: Tensor[B]}`` norms per parameter tensor.
-        method: ``"auto"`` (ghost norms where exact, ``torch.func`` for the rest), ``"ghost"``
-            (same, but raise if anything would need the fallback) or ``"vmap"`` (all by
-            ``torch.func``; the reference).
+        method: ``"auto"`` (ghost norms where exact, the exact fallback for the rest),
+            ``"ghost"`` (same, but raise a ``ValueError`` naming every parameter that would need
+            the fallback and why, e.g. a weight also used outside its layer's call) or
+            ``"vmap"`` (all by the fallback; the reference). The fallback is ``vmap(grad)``, or
+            one backward per example for models holding an RNN/GRU/LSTM (``B`` backwards at
+            batch size 1; docs/gradient-norms.md).
         chunk_size: examples per ``vmap`` chunk (memory ``chunk_size x`` fallback parameters).
 
     Returns:
@@ -258,24 +278,23 @@ def per_example_grad_norms(
         raise ValueError("model has no parameters with requires_grad=True")
 
     if method == "vmap":
-        sq, fallback = {}, set(trainable)
+        sq, fallback = {}, dict.fromkeys(trainable, "method='vmap'")
     else:
         sq = _ghost_pass(model, loss_fn, inputs, targets, batch, captures, fallback)
         if fallback and method == "ghost":
+            reasons = "; ".join(f"{n!r}: {fallback[n]}" for n in trainable if n in fallback)
             raise ValueError(
-                f"method='ghost' but these parameters need the torch.func fallback: "
-                f"{sorted(fallback)}"
+                "method='ghost' cannot account exactly for these parameters (method='auto' "
+                f"computes them with the exact fallback): {reasons}"
             )
     if fallback:
         ordered = [n for n in trainable if n in fallback]
-        sq.update(_vmap_pass(model, loss_fn, inputs, targets, ordered, chunk_size))
+        sq.update(fallback_sq_norms(model, loss_fn, inputs, targets, ordered, chunk_size))
 
     device = next(model.parameters()).device
     dtype = torch.float64 if any(v.dtype == torch.float64 for v in sq.values()) else torch.float32
-    total = torch.zeros(batch, dtype=dtype, device=device)
-    for v in sq.values():
-        total += v.to(dtype)
-    norms = total.sqrt()
+    total = torch.stack([v.to(dtype) for v in sq.values()]).sum(0) if sq else None
+    norms = total.sqrt() if total is not None else torch.zeros(batch, dtype=dtype, device=device)
     if not per_layer:
         return norms
     zeros = torch.zeros(batch, dtype=dtype, device=device)

@@ -9,7 +9,10 @@ from winnow.store.errors import CorruptFileError
 from winnow.store.layout import StoreFS
 
 __all__ = [
+    "MIXTURE_SCHEMA",
+    "NOISE_SCALE_SCHEMA",
     "SCORES_SCHEMA",
+    "STEPS_SCHEMA",
     "TRACE_SCHEMA",
     "check_schema",
     "count_rows",
@@ -27,6 +30,38 @@ TRACE_SCHEMA = pa.schema(
         pa.field("loss", pa.float32()),
         pa.field("kept", pa.bool_(), nullable=False),
         pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+# Per-step selection records (in-step selectors, batch samplers): ``steps/run=R/start=S/``.
+STEPS_SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.int32()),
+        pa.field("example_id", pa.int64(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("loss", pa.float32()),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+# A batch sampler's domain mixture, one row per (step, domain): ``mixture/run=R/start=S/``.
+MIXTURE_SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("domain", pa.int32(), nullable=False),
+        pa.field("pi", pa.float64(), nullable=False),
+        pa.field("drawn", pa.bool_(), nullable=False),
+    ]
+)
+# The gradient noise scale measured during training: ``noise_scale/run=R/start=S/``.
+NOISE_SCALE_SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("b_simple", pa.float64()),
+        pa.field("grad_sq", pa.float64()),
+        pa.field("trace_cov", pa.float64()),
+        pa.field("batch_size", pa.int64(), nullable=False),
+        pa.field("estimator", pa.string(), nullable=False),
     ]
 )
 _COMPRESSION = "zstd"

@@ -5,7 +5,14 @@ Layout under ``root``::
     scores/run=R/metric=M/shard-00000.parquet     (example_id int64, value float32)
     trace/run=R/epoch=E/shard-00000.parquet       (example_id, loss, kept, weight)
     vectors/run=R/name=N/shard-00000.parquet      (example_id, vector fixed_size_list<float16>)
+    steps/run=R/start=S/shard-00000.parquet       (step, epoch, example_id, score, loss, kept,
+                                                   weight)
+    mixture/run=R/start=S/shard-00000.parquet     (step, domain, pi, drawn)
+    noise_scale/run=R/start=S/shard-00000.parquet (step, b_simple, grad_sq, trace_cov, batch_size,
+                                                   estimator)
     runs/R.json                                    run manifest
+
+``start=S`` is the first step a file holds: a writer appends one file per flush.
 
 Readers only ever look at names matching ``shard-*.parquet`` / ``*.json``; writers first write
 ``.tmp-<uuid>-<final name>`` in the same directory and then rename it over the final name, so a
@@ -38,7 +45,7 @@ SHARD_GLOB = "shard-*.parquet"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.parquet$")
 _TMP_PREFIX = ".tmp-"
 _NAME = NAME_PATTERN.pattern[1:-1]  # without the anchors
-_PARTITION_NAMES = {"metric": _NAME, "name": _NAME, "epoch": r"\d+"}
+_PARTITION_NAMES = {"metric": _NAME, "name": _NAME, "epoch": r"\d+", "start": r"\d+"}
 
 
 def _layout(key: str) -> tuple[re.Pattern, re.Pattern, re.Pattern]:

@@ -1,5 +1,6 @@
-"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``runs``
-(docs/store.md, "SQL").
+"""DuckDB over the store's Parquet files: views ``scores``, ``trace``, ``vectors``, ``mixture``,
+``noise_scale``, ``runs`` (docs/store.md, "SQL"). ``trace`` is the union of two internal views,
+``_trace_epochs`` (epoch samplers) and ``_trace_steps`` (per-step records; docs/traces.md).
 
 The connection is in-memory and read-only toward the files, by two independent mechanisms:
 
@@ -56,7 +57,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from winnow.store.errors import ReadOnlyQueryError, StoreWarning
-from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, check_schema, vectors_schema
+from winnow.store.files import (
+    MIXTURE_SCHEMA,
+    NOISE_SCALE_SCHEMA,
+    SCORES_SCHEMA,
+    STEPS_SCHEMA,
+    TRACE_SCHEMA,
+    check_schema,
+    vectors_schema,
+)
 from winnow.store.layout import SHARD_GLOB, StoreFS
 
 __all__ = ["SqlEngine"]
@@ -66,10 +75,26 @@ _GLOB = "glob"  # a native view reading every committed shard through DuckDB's g
 
 
 class _View:
-    def __init__(self, name: str, partitions: dict[str, str], columns: dict[str, str]) -> None:
+    """A view over one kind of file: ``name`` in DuckDB, files under ``directory``.
+
+    ``partitions`` are the hive keys of the path (the last one names the partition directory);
+    ``hidden`` ones are not columns of the view (a step file's ``start``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        partitions: dict[str, str],
+        columns: dict[str, str],
+        *,
+        directory: str | None = None,
+        hidden: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
+        self.directory = directory or name
         self.partitions = partitions  # hive key -> DuckDB type
         self.columns = columns  # file column -> DuckDB type
+        self.hidden = hidden
 
     @property
     def key(self) -> str:
@@ -77,9 +102,11 @@ class _View:
 
     @property
     def all_columns(self) -> dict[str, str]:
-        return {**self.partitions, **self.columns}
+        shown = {k: t for k, t in self.partitions.items() if k not in self.hidden}
+        return {**shown, **self.columns}
 
 
+_STEP_KEYS = {"run": "VARCHAR", "start": "BIGINT"}
 _VIEWS = (
     _View(
         "scores",
@@ -87,23 +114,71 @@ _VIEWS = (
         {"example_id": "BIGINT", "value": "FLOAT"},
     ),
     _View(
-        "trace",
+        "_trace_epochs",
         {"run": "VARCHAR", "epoch": "INTEGER"},
         {"example_id": "BIGINT", "loss": "FLOAT", "kept": "BOOLEAN", "weight": "FLOAT"},
+        directory="trace",
+    ),
+    _View(
+        "_trace_steps",
+        _STEP_KEYS,
+        {
+            "step": "BIGINT",
+            "epoch": "INTEGER",
+            "example_id": "BIGINT",
+            "score": "FLOAT",
+            "loss": "FLOAT",
+            "kept": "BOOLEAN",
+            "weight": "FLOAT",
+        },
+        directory="steps",
+        hidden=("start",),
     ),
     _View(
         "vectors",
         {"run": "VARCHAR", "name": "VARCHAR"},
         {"example_id": "BIGINT", "vector": "FLOAT[]"},
     ),
+    _View(
+        "mixture",
+        _STEP_KEYS,
+        {"step": "BIGINT", "domain": "INTEGER", "pi": "DOUBLE", "drawn": "BOOLEAN"},
+        hidden=("start",),
+    ),
+    _View(
+        "noise_scale",
+        _STEP_KEYS,
+        {
+            "step": "BIGINT",
+            "b_simple": "DOUBLE",
+            "grad_sq": "DOUBLE",
+            "trace_cov": "DOUBLE",
+            "batch_size": "BIGINT",
+            "estimator": "VARCHAR",
+        },
+        hidden=("start",),
+    ),
 )
-_ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32()}
+# One trace view over both shapes of decisions: an epoch sampler's rows have no step and their
+# score is the loss column (the score its plan used); the epoch columns come first, as before.
+_TRACE_COLUMNS = "run, epoch, example_id, loss, kept, weight"
+_TRACE_VIEW = f"""CREATE OR REPLACE VIEW trace AS
+    SELECT {_TRACE_COLUMNS}, CAST(NULL AS BIGINT) AS step, loss AS score FROM _trace_epochs
+    UNION ALL
+    SELECT {_TRACE_COLUMNS}, step, score FROM _trace_steps"""
+_ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64()}
 # What each view's files must hold (vectors: any width), and what the Arrow datasets read them
 # as: a list<float32> holds every width, and DuckDB's Arrow scan cannot take float16.
-_FILE_SCHEMAS = {"scores": SCORES_SCHEMA, "trace": TRACE_SCHEMA, "vectors": vectors_schema(1)}
-_DATASET_SCHEMAS = {
+_FILE_SCHEMAS = {
     "scores": SCORES_SCHEMA,
-    "trace": TRACE_SCHEMA,
+    "_trace_epochs": TRACE_SCHEMA,
+    "_trace_steps": STEPS_SCHEMA,
+    "vectors": vectors_schema(1),
+    "mixture": MIXTURE_SCHEMA,
+    "noise_scale": NOISE_SCALE_SCHEMA,
+}
+_DATASET_SCHEMAS = {
+    **_FILE_SCHEMAS,
     "vectors": pa.schema([("example_id", pa.int64()), ("vector", pa.list_(pa.float32()))]),
 }
 # Paths DuckDB reads literally: no glob characters ([ * ? { } \), no '=' for its hive parser.
@@ -144,6 +219,7 @@ class SqlEngine:
         self._listed: dict[str, tuple[str, ...]] = {view.name: () for view in _VIEWS}
         self._built: dict[str, object] = {view.name: None for view in _VIEWS}
         self._runs_signature: tuple | None = None
+        self._trace_view = False
         self._checked: dict[str, tuple | None] = {}  # path -> version found readable
         self._skipped: dict[str, tuple | None] = {}  # path -> version found unreadable
         self._con = duckdb.connect(":memory:")
@@ -304,7 +380,7 @@ class SqlEngine:
 
     def _readable(self, view: _View) -> tuple[str, ...]:
         """The view's committed files without the skipped ones (unless rewritten since)."""
-        paths = self._sfs.committed_shards(view.name, view.key)
+        paths = self._sfs.committed_shards(view.directory, view.key)
         listed = set(paths)
         for path in [p for p in self._skipped if p in listed]:
             if self._sfs.version(path) != self._skipped[path]:
@@ -338,6 +414,9 @@ class SqlEngine:
                 files = self._footers_checked(view, files)
                 self._create_dataset(view, files)
             self._built[view.name] = files
+        if not self._trace_view:  # binds by name: it follows its two parts as they are rebuilt
+            self._con.execute(_TRACE_VIEW)
+            self._trace_view = True
 
     def _footers_checked(self, view: _View, files: tuple[str, ...]) -> tuple[str, ...]:
         """``files`` without those whose footer does not fit ``view`` (skipped with a warning).
@@ -357,18 +436,18 @@ class SqlEngine:
         return tuple(kept)
 
     def _under(self, view: _View, path: str) -> bool:
-        return path.startswith(self._sfs.path(view.name) + "/")
+        return path.startswith(self._sfs.path(view.directory) + "/")
 
     def _glob(self, view: _View) -> str:
         """A glob of the view's committed shards; only for a plain root (no glob characters)."""
         depth = "/".join(f"{key}=*" for key in view.partitions)
-        return _literal(f"{self._sfs.path(view.name)}/{depth}/{SHARD_GLOB}")
+        return _literal(f"{self._sfs.path(view.directory)}/{depth}/{SHARD_GLOB}")
 
     def _refresh_runs(self) -> None:
         infos = self._sfs.list_dir(self._sfs.path("runs"))
         manifests = tuple((i.base_name, i.size, i.mtime_ns) for i in infos)
         data_runs = tuple(
-            tuple(self._sfs.partitions(self._sfs.path(view.name), "run")) for view in _VIEWS
+            tuple(self._sfs.partitions(self._sfs.path(view.directory), "run")) for view in _VIEWS
         )
         signature = (manifests, data_runs)
         if signature == self._runs_signature:
@@ -395,7 +474,7 @@ class SqlEngine:
             format="parquet",
             schema=pa.unify_schemas([_DATASET_SCHEMAS[view.name], keys]),
             partitioning=ds.partitioning(keys, flavor="hive"),
-            partition_base_dir=self._sfs.path(view.name),
+            partition_base_dir=self._sfs.path(view.directory),
         )
         table_name = f"_{view.name}_dataset"
         self._con.register(table_name, dataset)

@@ -21,12 +21,13 @@ from winnow.store.files import SCORES_SCHEMA, TRACE_SCHEMA, count_rows, read_che
 from winnow.store.layout import StoreFS, check_name, check_nonnegative_int, shard_filename
 from winnow.store.query import SqlEngine
 from winnow.store.remove import remove_run
+from winnow.store.steps import STEP_KINDS, count_step_rows
 from winnow.store.trace import TraceWriter
 from winnow.store.validation import check_ids, check_same_length, check_values
 
 __all__ = ["ScoreStore"]
 
-_DATA_KINDS = ("scores", "trace", "vectors")
+_DATA_KINDS = ("scores", "trace", "vectors", *STEP_KINDS)
 
 
 class ScoreStore:
@@ -189,9 +190,29 @@ class ScoreStore:
             removed.append(info.path)
         return removed
 
-    def trace_writer(self, run: str, *, shard: int = 0) -> TraceWriter:
-        """A writer that samplers call as ``write(epoch, example_id, kept, weight, loss)``."""
-        return TraceWriter(self._sfs, run, shard=shard)
+    def trace_writer(
+        self,
+        run: str,
+        *,
+        shard: int = 0,
+        flush_steps: int = 1000,
+        flush_bytes: int = 64 << 20,
+    ) -> TraceWriter:
+        """A writer for samplers, selectors and the noise-scale monitor (docs/traces.md).
+
+        Epoch samplers call ``write(epoch, example_id, kept, weight, loss)``; per-step writers
+        buffer their records and hand them over every ``flush_steps`` recorded steps or
+        ``flush_bytes`` bytes, at checkpoints and at ``close``. Shard 0 begins the run's
+        manifest with its first write and finishes it at ``close()`` (or leaving a ``with``).
+        """
+        return TraceWriter(
+            self._sfs,
+            run,
+            shard=shard,
+            flush_steps=flush_steps,
+            flush_bytes=flush_bytes,
+            lifecycle=_TraceLifecycle(self),
+        )
 
     # ----------------------------------------------------------------------------- reads
 
@@ -277,8 +298,10 @@ class ScoreStore:
 
     def sql(self, query: str) -> pa.Table:
         """Run a read-only SQL query over the views ``scores(run, metric, example_id, value)``,
-        ``trace(run, epoch, example_id, loss, kept, weight)``, ``vectors(run, name, example_id,
-        vector)`` and ``runs`` (one row per run); returns Arrow. See ``store.query``.
+        ``trace(run, epoch, example_id, loss, kept, weight, step, score)``, ``mixture(run, step,
+        domain, pi, drawn)``, ``noise_scale(run, step, b_simple, grad_sq, trace_cov, batch_size,
+        estimator)``, ``vectors(run, name, example_id, vector)`` and ``runs`` (one row per run);
+        returns Arrow. See ``store.query``.
 
         A data file that cannot be read is skipped with a ``StoreWarning`` naming it."""
         return self._sql_engine().sql(query)
@@ -399,7 +422,8 @@ class ScoreStore:
 
     def row_counts(self, run: str) -> dict[str, Any]:
         """Rows in committed files now: ``row_counts`` and ``shards`` per metric,
-        ``trace_rows``, ``trace_epochs``, ``vector_rows`` per name (from Parquet footers)."""
+        ``trace_rows`` (per-epoch and per-step), ``trace_epochs``, ``vector_rows`` per name,
+        ``mixture_rows`` and ``noise_scale_rows`` (from Parquet footers)."""
         counts: dict[str, Any] = {"row_counts": {}, "shards": {}, "vector_rows": {}}
         for metric in self._sfs.partitions(self._partition("scores", run), "metric"):
             files = self._sfs.shard_files(self._partition("scores", run, "metric", metric))
@@ -411,7 +435,9 @@ class ScoreStore:
             count_rows(self._sfs, p)
             for e in epochs
             for p in self._sfs.shard_files(self._partition("trace", run, "epoch", e)).values()
-        )
+        ) + count_step_rows(self._sfs, "steps", run)
+        counts["mixture_rows"] = count_step_rows(self._sfs, "mixture", run)
+        counts["noise_scale_rows"] = count_step_rows(self._sfs, "noise_scale", run)
         for name in self._sfs.partitions(self._partition("vectors", run), "name"):
             files = self._sfs.shard_files(self._partition("vectors", run, "name", name))
             counts["vector_rows"][name] = sum(count_rows(self._sfs, p) for p in files.values())
@@ -448,3 +474,28 @@ class ScoreStore:
 
     def _runs_table(self) -> pa.Table:
         return mf.manifests_table(self.runs())
+
+
+class _TraceLifecycle:
+    """The manifest side of a ``TraceWriter``: begin a trace run, finish it at ``close``."""
+
+    def __init__(self, store: ScoreStore) -> None:
+        self._store = store
+
+    def trace_begun(self, run: str) -> None:
+        """A new run gets a ``trace`` manifest; a finished one is marked ``running`` again
+        (counted as resumed); a running one (begun by whoever owns the run) is left as it is."""
+        store = self._store
+        old = store._manifest_or_empty(run)
+        if not old:
+            store.begin_run(run, kind="trace")
+            return
+        if old.get("status") == "running":
+            return
+        now = mf.now_iso()
+        old.update(status="running", updated=now, finished=None)
+        old["resumed"] = int(old.get("resumed", 0)) + 1
+        store._sfs.write_bytes_atomic(store._manifest_path(run), mf.dumps(old))
+
+    def trace_finished(self, run: str, status: str) -> dict[str, Any]:
+        return self._store.finish_run(run, status=status)

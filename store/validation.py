@@ -60,8 +60,10 @@ def _ids_from_objects(values: list, what: str) -> np.ndarray:
         raise ValueError(f"{what} {int(big)} does not fit in int64") from None
 
 
-def check_ids(ids: object, what: str = "example_id") -> np.ndarray:
+def check_ids(ids: object, what: str = "example_id", *, unique: bool = True) -> np.ndarray:
     """Validate example ids; return them as a 1-d int64 array (no copy when already int64).
+
+    ``unique=False`` allows repeats (a trace of many steps holds an id once per step).
 
     Raises:
         TypeError: ids are not integers (floats, Decimals, strings, bools, other objects).
@@ -91,7 +93,8 @@ def check_ids(ids: object, what: str = "example_id") -> np.ndarray:
     if low < 0:
         bad = arr[arr < 0][:5].tolist()
         raise ValueError(f"{what} must be non-negative, got {bad}")
-    _check_unique(arr, what)
+    if unique:
+        _check_unique(arr, what)
     return arr
 
 

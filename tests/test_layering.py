@@ -7,6 +7,9 @@
   shadows ours and no module is loaded twice.
 - ``ray`` is imported only in ``pipelines`` and only inside functions (lazily), so training
   with a sampler never imports Ray.
+- The training frameworks winnow adapts to (Lightning, transformers, accelerate, datasets) are
+  optional: imported only inside functions, so ``import winnow.samplers`` (and the adapter
+  modules themselves) import none of them.
 
 Relative imports are resolved against the installed names; ``importlib.import_module("...")``
 counts as an import, and so does a string that names a winnow module (the lazy ``_LAZY`` maps).
@@ -42,6 +45,7 @@ ALLOWED = {
     "winnow.selection": set(),
 }
 BARE = ("selection", "samplers", "store", "pipelines")
+FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate", "datasets")
 _MODULE_STRING = re.compile(r"winnow(\.\w+)+")
 
 
@@ -79,6 +83,8 @@ class _Checker(ast.NodeVisitor):
                 self._fail(node, f"imports the bare name {target!r}; use 'winnow.{target}'")
             if top == "benchmarks":
                 self._fail(node, f"imports {target!r}: benchmarks/ is not installed")
+            if top in FRAMEWORKS and not self.lazy:
+                self._fail(node, f"imports {target!r} at module level; import it lazily")
             if top == "ray":
                 if self.owner != "winnow.pipelines":
                     self._fail(node, f"imports {target!r} outside pipelines/")
@@ -244,6 +250,16 @@ CASES = {
         "def f():\n    import ray\n",
         "imports 'ray' outside pipelines/",
     ),
+    "framework-at-module-level": (
+        "samplers/lightning.py",
+        "from lightning.pytorch import Callback\n",
+        "imports 'lightning.pytorch' at module level",
+    ),
+    "framework-lazily": (
+        "samplers/huggingface.py",
+        "def f():\n    from transformers import Trainer\n    import datasets\n",
+        None,
+    ),
 }
 
 
@@ -290,3 +306,16 @@ def test_importing_every_module_loads_one_copy_under_winnow_only():
     for name in modules:
         top = next(folder for folder, pkg in PACKAGES.items() if name.startswith(pkg))
         assert Path(ours[name]).is_relative_to(REPO / top), (name, ours[name])
+
+
+def test_importing_winnow_samplers_and_its_adapters_imports_no_framework():
+    code = (
+        "import sys\n"
+        "import winnow.samplers, winnow.samplers.lightning, winnow.samplers.huggingface\n"
+        f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -126,7 +126,8 @@ class MethodRun:
     cost: Cost = field(default_factory=Cost)
     setup: Cost = field(default_factory=Cost)
     history: list[dict] = field(default_factory=list)
-    trace: object | None = None  # a writer epoch samplers log their plans to (optional)
+    trace: object | None = None  # a trace writer the method's sampler or selector logs to
+    noise: object | None = None  # a NoiseScaleMonitor hooked into the learner (optional)
     noisy_rows: int = 0  # trained rows (learner steps only) whose label was flipped
 
     def __post_init__(self) -> None:
@@ -213,6 +214,8 @@ class MethodRun:
             loss = losses.mean()
         learn.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.noise is not None and learner is None:
+            self.noise.step()  # after the backward, before the update: both at these parameters
         learn.opt.step()
         self.cost.forward += len(idx)
         self.cost.backward += len(idx)

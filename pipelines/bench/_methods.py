@@ -110,10 +110,17 @@ def full_data(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     total = epochs * math.ceil(n / b)
     run.begin_training()
     done = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        first, ids, losses = done, [], []
         for batch in _batches(rng.permutation(n), b):
-            run.step(batch, done / total)
+            losses.append(run.step(batch, done / total))
+            ids.append(batch)
             done += 1
+        if run.trace is not None:  # no sampler: every batch of the epoch, trained whole
+            steps = np.repeat(np.arange(first, done), [len(i) for i in ids])
+            kept = np.ones(len(steps), dtype=bool)
+            loss = torch.cat(losses).numpy()
+            run.trace.write_steps(steps, np.concatenate(ids), kept, loss=loss, epoch=epoch)
 
 
 def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
@@ -121,7 +128,11 @@ def static_random(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> No
 
     # alpha = 1: the whole budget drawn uniformly, i.e. a static random subset
     sampler = PrunedSampler(
-        np.zeros(run.task.num_examples, dtype=np.float32), cfg.keep, alpha=1.0, seed=run.seed
+        np.zeros(run.task.num_examples, dtype=np.float32),
+        cfg.keep,
+        alpha=1.0,
+        seed=run.seed,
+        trace=run.trace,
     )
     run.begin_training()
     _train_static(run, sampler)
@@ -157,7 +168,9 @@ def rs2(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     the reduced step total (``progress = step / total_steps``), not truncated."""
     from winnow.samplers.rs2 import RS2Sampler
 
-    sampler = RS2Sampler(run.task.num_examples, cfg.keep, replacement=False, seed=run.seed)
+    sampler = RS2Sampler(
+        run.task.num_examples, cfg.keep, replacement=False, seed=run.seed, trace=run.trace
+    )
     b, rounds = run.recipe.batch_size, run.recipe.epochs
     total = sampler.total_steps(b, rounds, drop_last=True)
     run.begin_training()
@@ -189,7 +202,9 @@ def _el2n_pruned(run: MethodRun, cfg: MethodConfig, shared: SharedSetups, alpha:
     from winnow.samplers.pruned import PrunedSampler
 
     scores = shared.get(("el2n",), run, lambda r: _el2n_scores(r, cfg))
-    sampler = PrunedSampler(scores, cfg.keep, largest=True, alpha=alpha, seed=run.seed)
+    sampler = PrunedSampler(
+        scores, cfg.keep, largest=True, alpha=alpha, seed=run.seed, trace=run.trace
+    )
     run.begin_training()
     _train_static(run, sampler)
 
@@ -232,24 +247,27 @@ def _twin_irreducible(run: MethodRun, cfg: MethodConfig) -> np.ndarray:
     return il
 
 
-def _train_selected(run: MethodRun, super_batch: int, choose) -> None:
-    """Full-data step count; each step scores a super-batch and trains the rows ``choose``
-    returns as ``(rows, weights)``."""
+def _train_selected(run: MethodRun, super_batch: int, selector) -> None:
+    """Full-data step count; each step scores a super-batch and trains the rows the selector
+    returns as ``(rows, weights)`` for the learner's losses."""
     total = _full_steps(run)
     rng = np.random.default_rng(run.seed + 1)
     run.begin_training()
     for step, ids in enumerate(_super_batches(run.task.num_examples, super_batch, total, rng)):
-        rows, weights = choose(ids)
+        rows, weights = selector.select(ids, run.losses(ids))
         run.step(ids[rows.numpy()], step / total, weights=weights)
+    selector.close()  # writes what its trace holds
 
 
 def rho_loss(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     from winnow.samplers.rho import RhoLossSelector
 
     il = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
-    selector = RhoLossSelector(il, keep=cfg.rho_keep, seed=run.seed, source="twin IL models")
+    selector = RhoLossSelector(
+        il, keep=cfg.rho_keep, seed=run.seed, source="twin IL models", trace=run.trace
+    )
     super_batch = round(run.recipe.batch_size / cfg.rho_keep)
-    _train_selected(run, super_batch, lambda ids: selector.select(ids, run.losses(ids)))
+    _train_selected(run, super_batch, selector)
 
 
 def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
@@ -257,17 +275,21 @@ def jest(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
 
     reference = shared.get(("twin_il",), run, lambda r: _twin_irreducible(r, cfg))
     selector = JESTSelector(
-        reference, filter_ratio=cfg.jest_filter, seed=run.seed, source="twin IL models"
+        reference,
+        filter_ratio=cfg.jest_filter,
+        seed=run.seed,
+        source="twin IL models",
+        trace=run.trace,
     )
     super_batch = round(run.recipe.batch_size / (1.0 - cfg.jest_filter))
-    _train_selected(run, super_batch, lambda ids: selector.select(ids, run.losses(ids)))
+    _train_selected(run, super_batch, selector)
 
 
 def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
     from winnow.samplers.importance import ImportanceSelector
     from winnow.selection import last_layer_bound
 
-    selector = ImportanceSelector(batch_size=run.recipe.batch_size, seed=run.seed)
+    selector = ImportanceSelector(batch_size=run.recipe.batch_size, seed=run.seed, trace=run.trace)
     y = run.task.y
     total = _full_steps(run)
     rng = np.random.default_rng(run.seed + 1)
@@ -280,7 +302,7 @@ def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
             rows, w = selector.select_logits(ids, run.logits(ids), y[torch.from_numpy(ids)])
             run.step(ids[rows.numpy()], step / total, weights=w)
             continue
-        rows, w = selector.uniform(len(ids))
+        rows, w = selector.uniform(len(ids), ids=ids)
         chosen = ids[rows.numpy()]
         targets = y[torch.from_numpy(chosen)]
         run.step(
@@ -289,6 +311,7 @@ def importance(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
             weights=w,
             on_logits=lambda z, t=targets: selector.observe(last_layer_bound(z, t)),
         )
+    selector.close()
 
 
 def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
@@ -300,6 +323,7 @@ def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
         cfg.hard_delta,
         run.recipe.epochs,
         seed=run.seed + 1,
+        trace=run.trace,
     )
     total = sampler.total_steps()
     run.begin_training()
@@ -310,6 +334,7 @@ def hard_batch(run: MethodRun, cfg: MethodConfig, shared: SharedSetups) -> None:
             ids = np.asarray(batch, dtype=np.int64)
             sampler.update(ids, run.step(ids, done / total))
             done += 1
+    sampler.close()
 
 
 METHODS: dict[str, tuple[Callable[[MethodRun, MethodConfig, SharedSetups], None], str]] = {

@@ -1,13 +1,18 @@
-"""Optional: keep the benchmark's scores and InfoBatch's trace in a score store.
+"""Optional: keep the benchmark's scores, every method's trace and the noise scale in a store.
 
 With ``--store ROOT`` the first seed of each model leaves, per model:
 
 - run ``<model>-scores``: ``loss`` (full-data model after training), ``el2n`` (mean EL2N of the
   scoring runs), ``ref_loss`` (twin irreducible-loss models) and ``learnability`` =
   ``loss - ref_loss``, whichever the selected methods computed;
-- run ``<model>-infobatch``: InfoBatch's per-epoch plan (kept, weight, loss), written by the
-  sampler itself through its ``trace`` hook.
+- run ``<model>-<method>`` for every method: its decisions, written by its sampler or selector
+  through its ``trace`` hook (docs/traces.md): per-epoch plans for the epoch samplers
+  (InfoBatch, RS2, static subsets), per-step candidates, scores and kept rows for the in-step
+  selectors and hard batches, and every trained batch for full data;
+- in run ``<model>-full`` also the gradient noise scale of full-data training, measured with
+  the per-example estimator from the training backward (``NoiseScaleMonitor``).
 
+Writing the traces and measuring the noise scale is part of seed 0's measured time.
 ``winnow report --store ROOT`` then shows real benchmark data.
 """
 
@@ -31,16 +36,32 @@ class BenchStore:
         self.store = ScoreStore(root)
         self.config = config
 
-    def attach_trace(self, run: MethodRun, model: str) -> str:
-        name = f"{model}-infobatch"
+    def attach_trace(self, run: MethodRun, model: str, method: str) -> str:
+        """Give ``run`` a trace writer for run ``<model>-<method>`` (and, for full data, a
+        noise-scale monitor on its learner that logs ~200 rows over the run)."""
+        name = f"{model}-{method}"
         self.store.begin_run(
-            name, kind="training", num_examples=run.task.num_examples, config=self.config
+            name,
+            kind="training",
+            num_examples=run.task.num_examples,
+            config={**self.config, "method": method},
         )
         run.trace = self.store.trace_writer(name)
+        if method == "full":
+            from winnow.samplers import NoiseScaleMonitor
+
+            steps = run.recipe.epochs * -(-run.task.num_examples // run.recipe.batch_size)
+            run.noise = NoiseScaleMonitor(log_every=max(1, steps // 200), trace=run.trace)
+            run.noise.attach(run.learner.model, estimator="per_example")
         return name
 
-    def finish_trace(self, name: str) -> None:
-        self.store.finish_run(name)
+    def finish_trace(self, run: MethodRun) -> None:
+        """Write what is left and finish the run's manifest."""
+        if run.noise is not None:
+            run.noise.detach()
+            run.noise.close()  # its last row, then the writer: the run's manifest
+        else:
+            run.trace.close()
 
     @torch.no_grad()
     def write_scores(self, model: str, full_run: MethodRun, el2n, ref_loss) -> str:

@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store",
-        help="also keep the first seed's scores and InfoBatch trace in this score store "
-        "(for `winnow report`)",
+        help="also keep the first seed's scores, every method's trace and the full-data run's "
+        "gradient noise scale in this score store (for `winnow report`)",
     )
     p.add_argument(
         "--from-json",
@@ -195,16 +195,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             shared = SharedSetups()
             for name in args.methods:
                 run = MethodRun(task, recipe, seed, eval_every)
-                traced = (
-                    keep.attach_trace(run, model)
-                    if keep and seed == 0 and name == "infobatch"
-                    else None
-                )
+                traced = keep is not None and seed == 0
+                if traced:
+                    keep.attach_trace(run, model, name)
                 METHODS[name][0](run, cfg, shared)
                 res = run.finish()
                 results[name].append(res)
                 if traced:
-                    keep.finish_trace(traced)
+                    keep.finish_trace(run)
                 if keep and seed == 0 and name == "full":
                     full_run = run
                 print(

@@ -11,6 +11,8 @@ import pytest
 from winnow.pipelines import cli
 from winnow.pipelines.bench import outcomes
 from winnow.pipelines.bench._methods import method_names
+from winnow.pipelines.report import render_report
+from winnow.store import ScoreStore
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +20,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--quick", "--num-train", "800", "--epochs", "2", "--seeds", "2"]
     argv += ["--out", str(out), "--cache-dir", str(out / "cache"), "--tag", "smoke"]
+    argv += ["--store", str(out / "store")]
     assert outcomes.main(argv) == 0
     return out
 
@@ -59,6 +62,32 @@ def test_markdown_and_plots(quick_run):
     assert all(r.count("|") == header for r in rows)
     for name in method_names():
         assert sum(r.startswith(f"| {name} |") for r in rows) == 2  # one row per model
+
+
+def test_store_holds_every_methods_trace_and_the_noise_scale(quick_run):
+    store = ScoreStore(quick_run / "store")
+    runs = {r["name"]: r for r in store.runs()}
+    for model in ("cnn", "mlp"):
+        for method in method_names():
+            manifest = runs[f"{model}-{method}"]
+            assert manifest["status"] == "complete" and manifest["trace_rows"] > 0, manifest
+    shape = store.sql(
+        "SELECT run, bool_or(step IS NULL) AS per_epoch, bool_or(step IS NOT NULL) AS per_step "
+        "FROM trace WHERE run LIKE 'mlp-%' GROUP BY run ORDER BY run"
+    ).to_pylist()
+    per_step = {r["run"] for r in shape if r["per_step"] and not r["per_epoch"]}
+    assert per_step == {
+        f"mlp-{m}" for m in ("full", "hard_batch", "rho_loss", "jest", "importance")
+    }
+    noise = store.sql(
+        "SELECT run, count(*) AS n, max(step) AS last, min(b_simple) AS lo FROM noise_scale "
+        "GROUP BY run ORDER BY run"
+    ).to_pylist()
+    assert [r["run"] for r in noise] == ["cnn-full", "mlp-full"]
+    steps = 2 * -(-800 // 128)  # two epochs of full data
+    assert all(r["last"] == steps - 1 and r["lo"] > 0 for r in noise)
+    page = render_report(store, ["mlp-full", "mlp-rho_loss"])
+    assert "Gradient noise scale" in page and "Selection trace" in page
 
 
 def test_bad_arguments_exit_2(tmp_path):

@@ -87,10 +87,10 @@ def test_store_commands_follow_the_same_rule(tmp_path, capsys, monkeypatch):
     assert main(["report", "--store", root, "--run", "nope", "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.startswith("winnow report: error: ")
 
-    def broken(self, query):
+    def broken(self, query, **kwargs):
         raise RuntimeError("a bug in the store")
 
-    monkeypatch.setattr(ScoreStore, "sql", broken)
+    monkeypatch.setattr(ScoreStore, "sql_reader", broken)  # `winnow sql` streams its results
     with pytest.raises(RuntimeError, match="a bug in the store"):
         main(["sql", "--store", root, "SELECT 1"])
 

@@ -143,3 +143,57 @@ def test_write_report_is_atomic_file(tmp_path):
     out = write_report(tmp_path / "store", tmp_path / "page.html")
     assert out.read_text().startswith("<!doctype html>")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def _write_selector_runs(store: ScoreStore) -> dict:
+    """A real RHO-LOSS selector run, an ODM run and a noise scale with a known reading."""
+    import torch
+
+    from winnow.samplers import NoiseScaleMonitor, ODMSampler, RhoLossSelector
+
+    gen = torch.Generator().manual_seed(0)
+    il = np.random.default_rng(2).random(N).astype(np.float32)
+    with store.trace_writer("rho") as writer:
+        rho = RhoLossSelector(il, keep=0.1, trace=writer)
+        for _ in range(40):
+            ids = torch.randperm(N, generator=gen)[:50]
+            rho.select(ids, torch.rand(50, generator=gen))
+        rho.close()
+    domains = np.arange(N) % 3
+    odm = ODMSampler(domains, 6, 30, trace=store.trace_writer("odm"))
+    for batch in odm:
+        odm.update(batch, torch.tensor(domains[batch] + 1.0))
+    odm.close()
+    # |G|^2 = 1, tr(Sigma) = 100: E|G_b|^2 = 1 + 100 / b, so B_simple = 100 at batch 32
+    monitor = NoiseScaleMonitor(log_every=10, trace=store.trace_writer("noise"))
+    for _ in range(25):
+        monitor.observe(1 + 100 / 16, 1 + 100 / 32, 16, 32)
+    monitor.close()
+    return {"il": il}
+
+
+def test_selector_trace_mixture_and_noise_sections(tmp_path):
+    store = ScoreStore(tmp_path / "store")
+    kept = _write_trace(store)  # an epoch sampler's run next to the per-step runs
+    _write_selector_runs(store)
+    page = render_report(store, top_k=3)
+    _assert_embedded_pngs(page)
+    # epoch trace 2, rho 2 (selection over steps, pick counts), odm 2 + mixture, noise 1
+    assert len(_images(page)) == 8
+    text = html.unescape(page)
+    assert "Run rho" in page and "Run odm" in page and "Run noise" in page
+    assert "40 steps traced (0–39): 2000 candidates, 200 kept (10.0%)" in text
+    top = store.sql(
+        "SELECT example_id, count(*) FILTER (WHERE kept) AS k FROM trace WHERE run = 'rho' "
+        "GROUP BY example_id ORDER BY k DESC, example_id LIMIT 1"
+    ).to_pylist()[0]
+    assert f"<tr><td>{top['example_id']}</td><td>{top['k']}</td>" in page
+    assert "Domain mixture" in page and "domain 2" in page
+    assert "B<sub>crit</sub> ≈ B<sub>simple</sub> ≈ 100 examples" in text
+    assert "The batch used, 32, is below the critical batch" in text
+    assert "4.12× the fewest possible steps and 1.32× the fewest possible examples" in text
+    # the per-step rows do not leak into the epoch sampler's section
+    for epoch in range(EPOCHS):
+        k = int(kept[epoch].sum())
+        assert f"<td>{epoch}</td><td>{N}</td><td>{k}</td>" in page
+    assert "Selection trace" not in page.split("Run trained")[1].split("<h2>")[0]

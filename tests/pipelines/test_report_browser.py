@@ -55,6 +55,31 @@ def _store(tmp_path) -> ScoreStore:
     writer = store.trace_writer("trained")
     for epoch in range(3):
         writer.write(epoch, np.arange(n), rng.random(n) < 0.6, None, rng.random(n))
+    # per-step records, a domain mixture and a noise scale, as selectors and monitors write them
+    steps = np.repeat(np.arange(30), 20)
+    store.trace_writer("selected").write_steps(
+        steps,
+        rng.integers(0, n, steps.size),
+        rng.random(steps.size) < 0.2,
+        score=rng.random(steps.size),
+    )
+    mixture = store.trace_writer("mixed")
+    pi = rng.dirichlet(np.ones(3), 30)
+    mixture.write_mixture(
+        np.repeat(np.arange(30), 3),
+        np.tile(np.arange(3), 30),
+        pi.ravel(),
+        np.tile([True, False, False], 30),
+    )
+    mixture.write_steps(np.repeat(np.arange(30), 4), rng.integers(0, n, 120), np.ones(120, bool))
+    store.trace_writer("noise").write_noise_scale(
+        np.arange(0, 300, 10),
+        np.linspace(20, 200, 30),
+        np.ones(30),
+        np.linspace(20, 200, 30),
+        np.full(30, 64),
+        "two_batch",
+    )
     return store
 
 
@@ -67,7 +92,8 @@ def _body_attrs(dom: str) -> dict[str, str]:
 def test_report_renders_with_images_in_chromium(tmp_path):
     page = render_report(_store(tmp_path))
     n_images = page.count("<img ")
-    assert n_images == 5
+    # scores 3, epoch trace 2, per-step trace 2, mixture run 2 + 1, noise scale 1
+    assert n_images == 11
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
 
@@ -93,4 +119,4 @@ def test_broken_image_is_detected(tmp_path):
     path.write_text(broken, encoding="utf-8")
     attrs = _body_attrs(_chromium(tmp_path, "--dump-dom", path.as_uri()))
     assert attrs.get("data-images") == "broken", attrs
-    assert attrs.get("data-images-loaded") == "4/5"
+    assert attrs.get("data-images-loaded") == "10/11"

@@ -154,6 +154,9 @@ def test_toy_policy_total_steps_counts_planned_epochs_exactly():
     seen, _ = drive_epochs(sampler)
     steps = [sum(1 for b in seen if b[0] == e) for e in range(EPOCHS)]
     assert sampler.total_steps(BATCH, EPOCHS) == sum(steps) < EPOCHS * -(-N // BATCH)
+    assert sampler.epoch_steps(BATCH, EPOCHS) == steps
+    hard = HardBatchSampler(100, 10, delta=0.5, num_epochs=3)
+    assert hard.epoch_steps() == [10, 10, 10] and hard.total_steps() == 30
 
 
 def run_selector(make, steps, *, start_state=None, start_step=0):

@@ -7,7 +7,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
-from winnow.samplers import IndexedDataset, InfoBatchSampler, PrunedSampler, RS2Sampler, _dist
+from winnow.samplers import (
+    HardBatchSampler,
+    IndexedDataset,
+    InfoBatchSampler,
+    PrunedSampler,
+    RS2Sampler,
+    TopLossSelector,
+    _dist,
+)
 
 N, EPOCHS, BATCH = 3001, 4, 64  # odd N: DistributedSampler padding is exercised
 
@@ -91,3 +99,39 @@ def test_two_gloo_ranks_share_plans_and_scores(tmp_path):
         assert len(a["pending"]) == 2 * 3 * BATCH  # both ranks' 3 batches, gathered
     assert len({len(p) for p in r0["infobatch"]["plans"]}) > 1  # pruned epochs really shrank
     assert r0["largest_gather"] == r1["largest_gather"] == 500  # bounded, and chunks were used
+
+
+def _late_worker(rank: int, init_file: str, out_dir: str) -> None:
+    # Built before the process group exists, as under Lightning (whose group starts in fit) or
+    # a script that creates its samplers before torch.distributed.init_process_group.
+    samplers = {kind: make(kind) for kind in ("infobatch", "rs2", "pruned")}
+    hard = HardBatchSampler(N, 2 * BATCH, delta=0.5, num_epochs=1, seed=3)
+    selector = TopLossSelector(keep=0.5, beta=1.0, seed=3)
+    lengths = {kind: len(s) for kind, s in samplers.items()}  # read before the group exists
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        record = {kind: (s.rank, s.world_size, list(s)) for kind, s in samplers.items()}
+        record["lengths_before"] = lengths
+        record["hard"] = [batch for _, batch in zip(range(3), hard, strict=False)]
+        record["selector"] = (selector.rank, selector.select(None, torch.rand(40))[0].tolist())
+        torch.save(record, f"{out_dir}/late{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_samplers_built_before_the_process_group_shard_by_it(tmp_path):
+    mp.start_processes(
+        _late_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    records = [torch.load(tmp_path / f"late{r}.pt", weights_only=False) for r in (0, 1)]
+    for rank, record in enumerate(records):
+        assert record["lengths_before"]["rs2"] == make("rs2", rank=0, world_size=1).__len__()
+        for kind in ("infobatch", "rs2", "pruned"):
+            expected = list(make(kind, rank=rank, world_size=2))
+            assert record[kind] == (rank, 2, expected), kind
+        hard = HardBatchSampler(N, 2 * BATCH, delta=0.5, num_epochs=1, seed=3, rank=rank,
+                                world_size=2)  # fmt: skip
+        assert record["hard"] == [batch for _, batch in zip(range(3), hard, strict=False)]
+        assert record["selector"][0] == rank
+    assert records[0]["selector"][1] != records[1]["selector"][1]  # ranks draw their own noise

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from winnow.pipelines.toydata import MLP, SmallCNN
+from winnow.selection import _ghost
 from winnow.selection.gradnorm import per_example_grad_norms
 from winnow.selection.losses import per_example_cross_entropy, sequence_loss
 
@@ -72,6 +73,16 @@ def _conv_net():
     ).eval()
 
 
+def _conv3d_net():
+    return nn.Sequential(
+        nn.Conv3d(2, 4, 3, stride=(1, 2, 2), padding=1),
+        nn.ReLU(),
+        nn.Conv3d(4, 4, (1, 3, 3), dilation=(1, 2, 1), groups=2, padding=(0, 2, 1)),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 3 * 3, 10),
+    )
+
+
 def _batch(kind, gen, b=12):
     if kind == "seq":
         ids = torch.randint(1, 40, (b, 10), generator=gen)
@@ -79,6 +90,9 @@ def _batch(kind, gen, b=12):
         return ids, torch.randint(0, 40, (b, 10), generator=gen)
     if kind == "img":
         return torch.randn(b, 3, 8, 8, generator=gen), torch.randint(0, 10, (b,), generator=gen)
+    if kind == "vol":
+        x = torch.randn(b, 2, 4, 6, 6, generator=gen)
+        return x, torch.randint(0, 10, (b,), generator=gen)
     return torch.randn(b, 40, generator=gen), torch.randint(0, 10, (b,), generator=gen)
 
 
@@ -91,6 +105,7 @@ CASES = {
     ),
     "cnn1d": (lambda: SmallCNN(), "vec", ce),
     "cnn2d": (_conv_net, "img", ce),
+    "cnn3d": (_conv3d_net, "vol", ce),
     "transformer": (lambda: TinyTransformer(), "seq", lm_loss),
     "ghost_transformer": (lambda: GhostOnlyTransformer(), "seq", lm_loss),
 }
@@ -117,7 +132,7 @@ def test_ghost_equals_vmap(name):
 
 
 def test_ghost_only_models_need_no_fallback():
-    for name in ("mlp", "mlp_inplace", "cnn1d", "cnn2d", "ghost_transformer"):
+    for name in ("mlp", "mlp_inplace", "cnn1d", "cnn2d", "cnn3d", "ghost_transformer"):
         make, kind, loss_fn = CASES[name]
         x, y = _batch(kind, torch.Generator().manual_seed(2), b=4)
         per_example_grad_norms(
@@ -127,6 +142,23 @@ def test_ghost_only_models_need_no_fallback():
     x, y = _batch(kind, torch.Generator().manual_seed(2), b=4)
     with pytest.raises(ValueError, match="pos"):
         per_example_grad_norms(make(), loss_fn, x, y, method="ghost")
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "explicit"])
+@pytest.mark.parametrize("name", ["cnn1d", "cnn2d", "cnn3d", "ghost_transformer"])
+def test_gram_and_explicit_forms_are_exact_in_any_chunking(monkeypatch, gram, name):
+    """Each layer shape picks one form by its cost; force each, and split every matmul into
+    chunks of a few examples, in float64 against the vmap reference."""
+    monkeypatch.setattr(_ghost, "_gram_is_cheaper", lambda *shape: gram)
+    monkeypatch.setattr(_ghost, "_CHUNK_ELEMENTS", 500)
+    torch.manual_seed(0)
+    make, kind, loss_fn = CASES[name]
+    model = make().double()
+    x, y = _batch(kind, torch.Generator().manual_seed(6), b=7)
+    x = x.double() if x.is_floating_point() else x
+    ghost = per_example_grad_norms(model, loss_fn, x, y, method="ghost")
+    ref = per_example_grad_norms(model, loss_fn, x, y, method="vmap")
+    torch.testing.assert_close(ghost, ref, rtol=1e-10, atol=0.0)
 
 
 def test_matches_a_loop_of_single_backwards():

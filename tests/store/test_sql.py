@@ -25,8 +25,19 @@ def _fill(store):
 def test_empty_store_has_typed_empty_views(store):
     for view, columns in {
         "scores": ["run", "metric", "example_id", "value"],
-        "trace": ["run", "epoch", "example_id", "loss", "kept", "weight"],
+        # the epoch samplers' columns first, as before the per-step trace joined them
+        "trace": ["run", "epoch", "example_id", "loss", "kept", "weight", "step", "score"],
         "vectors": ["run", "name", "example_id", "vector"],
+        "mixture": ["run", "step", "domain", "pi", "drawn"],
+        "noise_scale": [
+            "run",
+            "step",
+            "b_simple",
+            "grad_sq",
+            "trace_cov",
+            "batch_size",
+            "estimator",
+        ],
     }.items():
         table = store.sql(f"SELECT * FROM {view}")
         assert table.num_rows == 0 and table.column_names == columns
