@@ -7,7 +7,7 @@ are unequal, as in a web-scale pretraining mixture.
 | domain | what it is | what a small model can learn |
 |---|---|---|
 | ``markov1`` | order-1 Markov chain, peaked transitions | almost all of it, fast |
-| ``markov2`` | order-2 Markov chain over 8 of the tokens | most of it, needs two tokens of context |
+| ``markov2`` | order-2 Markov chain over 8 of the tokens | most, with two tokens of context |
 | ``copy`` | a random motif of 8 tokens, repeated | all after the first 8, through attention |
 | ``count`` | ``x[t+1] = x[t] + s (mod V)``, random start and step | everything after two tokens |
 | ``noise`` | uniform random tokens | nothing (loss stays ``ln V``) |
@@ -30,9 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from winnow.selection.lm import document_losses, make_windows, token_losses
-
-__all__ = ["DOMAINS", "NATURAL", "Corpus", "TinyCausalLM", "make_corpus", "document_nll"]
+__all__ = ["DOMAINS", "NATURAL", "Corpus", "TinyCausalLM", "make_corpus"]
 
 DOMAINS = ("markov1", "markov2", "copy", "count", "noise")
 # Unequal natural proportions: the unlearnable domain is a large share, as noisy web text is.
@@ -175,15 +173,3 @@ class TinyCausalLM(nn.Module):
         h = self.embed(tokens) + self.position(pos)[None]
         h = self.blocks(h, mask=self.causal[:t, :t], is_causal=True)
         return self.head(self.norm(h))
-
-
-def document_nll(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of each document, float32 ``[B]``.
-
-    ``logits`` ``[B, T, V]`` for ``tokens`` ``[B, T]`` (right-padded), ``lengths`` ``[B]``:
-    token ``t`` predicts token ``t + 1``; positions at or past ``lengths - 1`` are padding.
-    The same math as the scoring job's ``nll`` (``winnow.selection.lm``), one window per document.
-    """
-    windows = make_windows(tokens, lengths)
-    logits = logits[:, : windows.tokens.shape[1]]
-    return document_losses(token_losses(logits, windows.targets), windows)

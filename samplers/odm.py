@@ -128,6 +128,37 @@ class ODMSampler(Sampler[list[int]]):
         self._history: list[np.ndarray] = []
         self._trace = None if trace is None else StepTrace(trace, every=trace_every, owner=self)
 
+    @classmethod
+    def from_store(
+        cls, store: Any, run: str, batch_size: int, num_steps: int, **kwargs: Any
+    ) -> ODMSampler:
+        """An ``ODMSampler`` over the domains a scoring run stored (``--domain-column``).
+
+        ``store`` is a ``ScoreStore`` or its root path; the run's ``domain`` score gives each
+        ``example_id``'s domain, and every id in ``[0, N)`` must have one. ``num_domains``
+        defaults to the number of the run's ``config.domain_names`` when it recorded names
+        (string domains), so a domain with no example is refused rather than silently dropped.
+        Other keywords as for the constructor.
+        """
+        from winnow.store import ScoreStore
+
+        store = store if isinstance(store, ScoreStore) else ScoreStore(store)
+        values, present = store.read(run, "domain")
+        if not present.all():
+            missing = np.flatnonzero(~present)
+            raise ValueError(
+                f"run {run!r} has no domain for {missing.shape[0]} of {present.shape[0]} "
+                f"example_ids (first {missing[:5].tolist()}); score every example with "
+                "--domain-column"
+            )
+        codes = values.astype(np.int64)
+        if not np.array_equal(codes, values):
+            raise ValueError(f"run {run!r} metric 'domain' holds non-integer values")
+        names = store.manifest(run).get("config", {}).get("domain_names")
+        if names and "num_domains" not in kwargs:
+            kwargs["num_domains"] = len(names)
+        return cls(codes, batch_size, num_steps, **kwargs)
+
     # -- the mixture ----------------------------------------------------------------------------
     def _eps(self, n: int) -> float:
         k = self.num_domains

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from winnow.pipelines.toylm import DOMAINS, NATURAL, TinyCausalLM, document_nll, make_corpus
+from winnow.pipelines.toylm import DOMAINS, NATURAL, TinyCausalLM, make_corpus
+from winnow.selection import document_nll
 
 
 def test_corpus_is_ragged_deterministic_and_in_proportion():
@@ -51,7 +52,7 @@ def test_document_nll_equals_a_per_document_loop():
     model = TinyCausalLM().eval()
     tokens, lengths = torch.from_numpy(c.tokens), torch.from_numpy(c.lengths)
     with torch.no_grad():
-        got = document_nll(model(tokens), tokens, lengths)
+        got = document_nll(model, tokens, lengths)  # the scoring job's nll, on the toy corpus
         for i in range(12):
             doc = tokens[i : i + 1, : lengths[i]]
             want = F.cross_entropy(model(doc)[0, :-1], doc[0, 1:])

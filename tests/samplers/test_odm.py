@@ -191,3 +191,44 @@ def test_two_gloo_ranks_share_one_mixture_and_split_every_batch(tmp_path):
         # the mean over both ranks' slices is the one-process batch mean: the same reward
         single.update(torch.tensor(ids), loss_of(torch.tensor(ids), step))
     np.testing.assert_allclose(r0["history"], single.mixture_history(), rtol=1e-12)
+
+
+def test_domains_read_from_a_scoring_run_in_the_store(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow import pipelines
+    from winnow.pipelines.toylm import DOMAINS as NAMES
+    from winnow.pipelines.toylm import make_corpus
+    from winnow.store import ScoreStore
+
+    corpus = make_corpus(60, max_length=16, seed=2)
+    names = np.array(NAMES)[corpus.domain]
+    table = pa.table({"tokens": pa.array(corpus.documents(), pa.list_(pa.int64())),
+                      "domain": pa.array(names.tolist())})  # fmt: skip
+    pq.write_table(table, tmp_path / "toks.parquet")
+    from winnow.pipelines.models import ModelSpec
+
+    model = ModelSpec("winnow.pipelines.toylm:TinyCausalLM",
+                      kwargs={"vocab_size": 32, "max_length": 16, "dim": 16, "heads": 2})
+    pipelines.score(str(tmp_path / "toks.parquet"), model,
+                    token_column="tokens", domain_column="domain", metrics=["nll"],
+                    store=tmp_path / "store", run="lm", executor="inline",
+                    progress=False)  # fmt: skip
+    sampler = ODMSampler.from_store(tmp_path / "store", "lm", batch_size=4, num_steps=20)
+    # string domains are stored as codes of the sorted names
+    order = sorted(NAMES)
+    want = np.array([order.index(n) for n in names])
+    assert sampler.num_domains == len(NAMES)
+    for batch in sampler:
+        assert len(set(want[batch])) == 1  # one domain per batch, the stored one
+    with pytest.raises(ValueError, match=r"domains \[5, 6\] have no examples"):
+        ODMSampler.from_store(ScoreStore(tmp_path / "store"), "lm", 4, 5, num_domains=7)
+
+    store = ScoreStore(tmp_path / "store")
+    store.write("partial", "domain", np.delete(np.arange(10), 5), np.zeros(9), shard=0)
+    with pytest.raises(ValueError, match=r"no domain for 1 of 10 example_ids \(first \[5\]\)"):
+        ODMSampler.from_store(store, "partial", 4, 5)
+    store.write("half", "domain", np.arange(4), np.array([0, 1.5, 1, 0]), shard=0)
+    with pytest.raises(ValueError, match="non-integer"):
+        ODMSampler.from_store(store, "half", 4, 5)
