@@ -52,6 +52,8 @@ def summarise(results: dict[str, list[dict]]) -> dict:
             "natural": float((finals @ np.asarray(NATURAL)).mean()),
             "sampler_us_per_step": 1e6 * sum(r["sampler_cpu_s"] for r in seeds) / steps,
             "train_ms_per_step": 1e3 * sum(r["train_cpu_s"] for r in seeds) / steps,
+            "sampler_wall_us_per_step": 1e6 * sum(r["sampler_wall_s"] for r in seeds) / steps,
+            "train_wall_ms_per_step": 1e3 * sum(r["train_wall_s"] for r in seeds) / steps,
             "domain_share": (
                 np.sum([r["domain_docs"] for r in seeds], 0)
                 / np.sum([r["domain_docs"] for r in seeds])
@@ -137,7 +139,11 @@ def markdown(summary: dict, descriptions: dict[str, str]) -> str:
             f"{odm['sampler_us_per_step']:.0f} µs of CPU per step against "
             f"{odm['train_ms_per_step']:.1f} ms for the training step "
             f"({100 * odm['sampler_us_per_step'] / (1e3 * odm['train_ms_per_step']):.1f} %); "
-            f"the fixed natural mixture's sampler {base['sampler_us_per_step']:.0f} µs."
+            f"the fixed natural mixture's sampler {base['sampler_us_per_step']:.0f} µs. "
+            f"Wall clock: {odm['sampler_wall_us_per_step']:.0f} µs against "
+            f"{odm['train_wall_ms_per_step']:.1f} ms "
+            f"({100 * odm['sampler_wall_us_per_step'] / (1e3 * odm['train_wall_ms_per_step']):.1f}"
+            " %)."
         )
         notes.append(
             f"ODM's mixture, mean over the run: {_shares(summary['odm_mixture_mean'])}; over "

@@ -68,7 +68,7 @@ def test_markdown_and_plots(quick_run):
     assert all(r.count("|") == rows[0].count("|") for r in rows)
     for name in method_names():
         assert f"| {name} |" in text
-    assert "ODM's overhead" in text and "Learnability filter" in text
+    assert "ODM's overhead" in text and "Learnability filter" in text and "Wall clock" in text
     for png in ("lm_smoke_loss.png", "lm_smoke_mixture.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -103,7 +103,8 @@ def _result(curve):
     history = [{"step": 10 * i, "per_domain": [v] * 5, "mean": v, "natural": v}
                for i, v in enumerate(curve)]  # fmt: skip
     return {"history": history, "steps": 10 * (len(curve) - 1), "sampler_cpu_s": 0.1,
-            "train_cpu_s": 1.0, "domain_docs": [1] * 5}  # fmt: skip
+            "train_cpu_s": 1.0, "sampler_wall_s": 0.1, "train_wall_s": 1.0,
+            "domain_docs": [1] * 5}  # fmt: skip
 
 
 def test_steps_to_the_best_baselines_final_loss():

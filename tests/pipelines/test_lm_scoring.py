@@ -25,14 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 N = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on one thread: on a shared 2-core machine two threads made a 30-token
-    forward of the test LM 85 ms instead of 0.5 ms (threads waiting on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
