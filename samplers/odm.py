@@ -134,15 +134,20 @@ class ODMSampler(Sampler[list[int]]):
     ) -> ODMSampler:
         """An ``ODMSampler`` over the domains a scoring run stored (``--domain-column``).
 
-        ``store`` is a ``ScoreStore`` or its root path; the run's ``domain`` score gives each
-        ``example_id``'s domain, and every id in ``[0, N)`` must have one. ``num_domains``
-        defaults to the number of the run's ``config.domain_names`` when it recorded names
-        (string domains), so a domain with no example is refused rather than silently dropped.
+        ``store`` is a ``winnow.store.ScoreStore`` (or anything with its ``read(run, metric)``
+        and ``manifest(run)``; samplers never import the store); the run's ``domain`` score
+        gives each ``example_id``'s domain, and every id in ``[0, N)`` must have one.
+        ``num_domains`` defaults to the number of the run's ``config.domain_names`` when it
+        recorded names (string domains), so a domain with no example is refused rather than
+        silently dropped.
         Other keywords as for the constructor.
         """
-        from winnow.store import ScoreStore
-
-        store = store if isinstance(store, ScoreStore) else ScoreStore(store)
+        if not (
+            callable(getattr(store, "read", None)) and callable(getattr(store, "manifest", None))
+        ):
+            raise TypeError(
+                f"store must be a ScoreStore (winnow.store.ScoreStore(root)), got {store!r}"
+            )
         values, present = store.read(run, "domain")
         if not present.all():
             missing = np.flatnonzero(~present)

@@ -215,7 +215,9 @@ def test_domains_read_from_a_scoring_run_in_the_store(tmp_path):
                     token_column="tokens", domain_column="domain", metrics=["nll"],
                     store=tmp_path / "store", run="lm", executor="inline",
                     progress=False)  # fmt: skip
-    sampler = ODMSampler.from_store(tmp_path / "store", "lm", batch_size=4, num_steps=20)
+    with pytest.raises(TypeError, match="store must be a ScoreStore"):
+        ODMSampler.from_store(tmp_path / "store", "lm", batch_size=4, num_steps=20)
+    sampler = ODMSampler.from_store(ScoreStore(tmp_path / "store"), "lm", 4, num_steps=20)
     # string domains are stored as codes of the sorted names
     order = sorted(NAMES)
     want = np.array([order.index(n) for n in names])
