@@ -1,28 +1,29 @@
-"""Scoring-job speed: the Ray job against an in-process loop (no Ray), same model, same data.
+"""Scoring-job speed: the Ray executor against the inline one, same model, data and machine.
 
-    python -m benchmarks.bench_score            # 1M rows (loss), 200k (loss+grad_norm)
-    python -m benchmarks.bench_score --quick    # 200k / 40k
+    python -m benchmarks.bench_score                 # 200k rows, 2 interleaved repeats
+    python -m benchmarks.bench_score --rows 50000 --repeats 1
 
-Model: ``pipelines.toydata.SmallCNN`` (MNIST-1D shaped input, 40 features, 10 classes);
-data: random features in Parquet (one fixed-size-list column). For ``loss`` and
-``loss,grad_norm``, interleaved:
+Model: the 40-256-256-10 MLP (``pipelines.toydata.MLP(hidden=256)``, a saved checkpoint);
+data: random float32 features in Parquet (one fixed-size-list column, 4 files). For each metric
+set (``loss``, ``loss,grad_norm``, ``embedding``) the two executors run interleaved, each as
+``pipelines.score(...)`` from a process with no Ray running, i.e. as ``winnow score`` runs:
 
-- ``inline``: ``pipelines.score(..., executor="inline")``: the same scorer and the same store
-  writes in this process, torch with its default thread count;
-- ``ray``: ``pipelines.score(...)`` on a local Ray (``ray.init(num_cpus=2)``) with 2 actors of
-  0.5 CPU each (one torch thread each).
+- ``inline``: the scorer in this process, torch with its default thread count;
+- ``ray``: the job starts a local Ray (all CPUs), scores on the default actor pool (on 2 CPUs:
+  2 actors x 0.5 CPU, one torch thread each) and shuts Ray down.
 
-The in-process loop runs twice, with torch's default thread count and with one thread (on a
-busy 2-core machine two threads can be much slower); the faster is the baseline. Reported for
-the Ray job: rows/s over the whole job (includes the actors' start-up: a process importing
-torch and building the model), the steady rate after the first quarter of the rows, and the
-fixed costs: ``ray.init`` (paid once per job by the embedded default) and the start-up overhead
-implied by the steady rate. ``ratio`` = steady Ray rows/s / baseline rows/s (target >= 0.8,
-start-up excluded); ``ratio_with_startup`` uses the whole-job rate. Because other processes
-on a shared 2-core machine distort wall-clock rates, CPU cost is reported too: rows per CPU
-second of the actors (their shard calls) against the 1-thread in-process loop
-(``cpu_efficiency``; 1.0 = Ray adds no CPU per row). Best of ``--repeats`` interleaved runs.
-Results: ``benchmarks/results/bench_score.json``.
+Reported per executor: rows/s while scoring (``scoring_s``: from the first built scorer to the
+last committed shard; the Ray job's start-up is reported apart: ``ray.init`` and the actors'
+start-up, a process importing torch and building the model), end-to-end seconds (the whole
+``pipelines.score`` call, embedding clustering included) and CPU microseconds per row while
+scoring (the inline process; the Ray actors' shard calls). ``ratio`` = Ray rows/s / inline
+rows/s. Best of ``--repeats`` by rows/s; all runs are in the JSON.
+
+Cost model for more actors (this box has too few cores to measure it): each actor scores
+``rows_per_actor_s`` rows per second of its own shard calls, and the driver spends
+``driver_cpu_ms_per_shard`` handing out one shard and reading its report, so N actors (each
+with its own CPUs) score ``N * rows_per_actor_s`` rows/s until the driver is busy all the time,
+at ``shard_size / driver_cpu_per_shard`` rows/s. Results: ``benchmarks/results/bench_score.json``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,10 @@ import numpy as np
 __all__ = ["main"]
 
 RESULTS = Path(__file__).parent / "results" / "bench_score.json"
-# name -> (executor, torch threads in this process (None: torch's default), full data or not)
-_EXECUTORS = {
-    "inline": ("inline", None, False),
-    "inline_1thread": ("inline", 1, True),
-    "ray": ("ray", None, True),
-}
-MODEL = "winnow.pipelines.toydata:SmallCNN"
+MODEL = "winnow.pipelines.toydata:MLP"
+HIDDEN = 256
+METRIC_SETS = ("loss", "loss,grad_norm", "embedding")
+EXECUTORS = ("inline", "ray")
 
 
 def _write_data(directory: Path, n: int) -> Path:
@@ -55,7 +53,7 @@ def _write_data(directory: Path, n: int) -> Path:
 
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True)
-    chunk = 50_000
+    chunk = -(-n // 4)
     for part, start in enumerate(range(0, n, chunk)):
         rows = min(chunk, n - start)
         x = rng.normal(size=(rows, 40)).astype(np.float32)
@@ -70,140 +68,143 @@ def _write_data(directory: Path, n: int) -> Path:
     return directory
 
 
-def _job(
-    data: Path, rows: int, ckpt: Path, store: Path, run: str, metrics: str, executor: str
-) -> dict:
+def _job(data: Path, ckpt: Path, store: Path, run: str, metrics: str, executor: str) -> dict:
     from winnow import pipelines
 
+    model = pipelines.ModelSpec(MODEL, checkpoint=str(ckpt), kwargs={"hidden": HIDDEN})
+    started = time.perf_counter()
     manifest = pipelines.score(
-        str(data),
-        MODEL,
-        checkpoint=str(ckpt),
-        feature_columns="x",
-        metrics=metrics,
-        store=store,
-        run=run,
-        batch_size=512,
-        shard_size=max(1_000, rows // 40),  # enough shards for a steady-state rate
-        actors=2,
-        executor=executor,
-        progress=False,
-    )
+        str(data), model, feature_columns="x", metrics=metrics, store=store, run=run,
+        executor=executor, progress=False,
+    )  # fmt: skip
+    end_to_end = time.perf_counter() - started
     extra = manifest["extra"]
-    return {
-        "rows": extra["rows_scored"],
-        "rows_per_s": extra["rows_per_s"],
-        "steady_rows_per_s": extra.get("steady_rows_per_s"),
-        "first_shard_s": extra.get("first_shard_s"),
-        "startup_overhead_s": extra.get("startup_overhead_s"),
+    rows = extra["rows_scored"]
+    job = {
+        "rows": rows,
+        "shards": extra["shards"],
+        "rows_per_s": round(rows / extra["scoring_s"], 1),
+        "end_to_end_s": round(end_to_end, 2),
+        "cpu_us_per_row": round(1e6 * extra["scoring_cpu_s"] / rows, 2),
         "scoring_s": extra["scoring_s"],
-        "rows_per_cpu_s": round(extra["rows_scored"] / extra["scoring_cpu_s"], 1),
+    }
+    for key in ("ray_start_s", "startup_s", "actors_ready_s", "embedding_metrics_s"):
+        if key in extra:
+            job[key] = extra[key]
+    if executor == "ray" and extra.get("scoring_busy_s"):
+        job["rows_per_actor_s"] = round(rows / extra["scoring_busy_s"], 1)
+        job["driver_cpu_ms_per_shard"] = round(1e3 * extra["driver_cpu_s"] / extra["shards"], 3)
+        # The pre-change executor counted the actors' start-up as scoring; this is comparable.
+        job["rows_per_s_with_actor_startup"] = round(
+            rows / (extra["scoring_s"] + extra["startup_s"]), 1
+        )
+    return job
+
+
+def _cost_model(ray_job: dict, actors: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> dict:
+    per_actor = ray_job["rows_per_actor_s"]
+    shard_rows = ray_job["rows"] / ray_job["shards"]
+    driver_bound = shard_rows / max(ray_job["driver_cpu_ms_per_shard"] / 1e3, 1e-9)
+    return {
+        "rows_per_actor_s": per_actor,
+        "driver_bound_rows_per_s": round(driver_bound, 0),
+        "predicted_rows_per_s": {n: round(min(n * per_actor, driver_bound), 0) for n in actors},
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200k rows instead of 1M")
-    parser.add_argument("--rows", type=int, help="override the number of rows")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of data (200000)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats per job")
+    parser.add_argument("--metrics", default=",".join(m.replace(",", "+") for m in METRIC_SETS),
+                        help="metric sets, comma-separated, '+' within a set")  # fmt: skip
     args = parser.parse_args(argv)
-    n = args.rows or (200_000 if args.quick else 1_000_000)
+    metric_sets = [m.replace("+", ",") for m in args.metrics.split(",")]
 
-    import ray
     import torch
 
-    from winnow.pipelines.toydata import SmallCNN
+    from winnow.pipelines.toydata import MLP
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     results: dict = {
         "benchmark": "bench_score",
-        "rows": n,
+        "rows": args.rows,
+        "model": f"MLP 40-{HIDDEN}-{HIDDEN}-10",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "torch_threads_inline": torch.get_num_threads(),
         "load_average_at_start": os.getloadavg(),
         "jobs": [],
     }
-    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         tmp_path = Path(tmp)
-        # loss+grad_norm is ~10x slower per row: a fifth of the rows keeps the run short. The
-        # default-thread in-process loop (slow on a busy machine) gets a fixed 20k rows: an
-        # in-process loop has no fixed cost in its rate (model loading is excluded).
-        sizes = {"loss": n, "loss,grad_norm": max(n // 5, 20_000), "small": 20_000}
-        datasets = {key: _write_data(tmp_path / f"data-{i}", rows)
-                    for i, (key, rows) in enumerate(sizes.items())}  # fmt: skip
+        data = _write_data(tmp_path / "data", args.rows)
         torch.manual_seed(0)
         ckpt = tmp_path / "model.pt"
-        torch.save(SmallCNN().state_dict(), ckpt)
-        t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        results["ray_start_s"] = round(time.perf_counter() - t0, 2)
-        try:
-            for metrics in ("loss", "loss,grad_norm"):
-                runs: dict[str, list[dict]] = {name: [] for name in _EXECUTORS}
-                for rep in range(args.repeats):
-                    for name, (executor, threads, full) in _EXECUTORS.items():
-                        run = f"{name}-{metrics.replace(',', '-')}-{rep}"
-                        key = metrics if full else "small"
-                        torch.set_num_threads(threads or default_threads)
-                        try:
-                            job = _job(
-                                datasets[key], sizes[key], ckpt, tmp_path / "store", run,
-                                metrics, executor,
-                            )  # fmt: skip
-                        finally:
-                            torch.set_num_threads(default_threads)
-                        runs[name].append(job)
-                best = {e: max(r, key=lambda j: j["rows_per_s"]) for e, r in runs.items()}
-                baseline = max(best["inline"]["rows_per_s"], best["inline_1thread"]["rows_per_s"])
-                ray_job = best["ray"]
-                steady = ray_job["steady_rows_per_s"] or 0.0
-                results["jobs"].append(
-                    {
-                        "metrics": metrics,
-                        "rows": sizes[metrics],
-                        "inline_rows_per_s": best["inline"]["rows_per_s"],
-                        "inline_1thread_rows_per_s": best["inline_1thread"]["rows_per_s"],
-                        "ray_rows_per_s": ray_job["rows_per_s"],
-                        "ray_steady_rows_per_s": round(steady, 1),
-                        "ray_first_shard_s": round(ray_job["first_shard_s"], 2),
-                        "ray_startup_overhead_s": round(ray_job["startup_overhead_s"] or 0, 2),
-                        "ratio_with_startup": round(ray_job["rows_per_s"] / baseline, 3),
-                        "ratio": round(steady / baseline, 3),
-                        "inline_1thread_rows_per_cpu_s": best["inline_1thread"]["rows_per_cpu_s"],
-                        "ray_actor_rows_per_cpu_s": ray_job["rows_per_cpu_s"],
-                        "cpu_efficiency": round(
-                            ray_job["rows_per_cpu_s"] / best["inline_1thread"]["rows_per_cpu_s"], 3
-                        ),
-                        "all": runs,
-                    }
-                )
-        finally:
-            ray.shutdown()
-
-    print(
-        f"bench_score: {n} rows, SmallCNN, Ray: 2 actors x 0.5 CPU; "
-        f"ray.init {results['ray_start_s']} s (fixed, per job with the embedded Ray)"
-    )
-    cols = [
-        ("metrics", "metrics", "<16", ""),
-        ("rows", "rows", ">9", "d"),
-        ("inline", "inline_rows_per_s", ">9", ".0f"),
-        ("inline 1thr", "inline_1thread_rows_per_s", ">12", ".0f"),
-        ("ray", "ray_rows_per_s", ">9", ".0f"),
-        ("ray steady", "ray_steady_rows_per_s", ">11", ".0f"),
-        ("start-up s", "ray_startup_overhead_s", ">11", ".1f"),
-        ("ratio", "ratio", ">7", ".2f"),
-        ("w/ start-up", "ratio_with_startup", ">12", ".2f"),
-        ("rows/cpu-s ratio", "cpu_efficiency", ">17", ".2f"),
-    ]
-    print("".join(f"{title:{align}}" for title, _, align, _ in cols) + "   (rows/s)")
-    for row in results["jobs"]:
-        print("".join(f"{row[key]:{align}{fmt}}" for _, key, align, fmt in cols))
+        torch.save(MLP(hidden=HIDDEN).state_dict(), ckpt)
+        for metrics in metric_sets:
+            runs: dict[str, list[dict]] = {name: [] for name in EXECUTORS}
+            for rep in range(args.repeats):
+                # Alternate the order, so a load drift does not always hit the same executor.
+                for name in EXECUTORS if rep % 2 == 0 else EXECUTORS[::-1]:
+                    run = f"{name}-{metrics.replace(',', '-')}-{rep}"
+                    job = _job(data, ckpt, tmp_path / "store", run, metrics, name)
+                    runs[name].append(job)
+                    print(f"  {metrics:<15} {name:<7} {json.dumps(job)}", flush=True)
+            best = {e: max(r, key=lambda j: j["rows_per_s"]) for e, r in runs.items()}
+            inline, ray_job = best["inline"], best["ray"]
+            results["jobs"].append(
+                {
+                    "metrics": metrics,
+                    "inline_rows_per_s": inline["rows_per_s"],
+                    "ray_rows_per_s": ray_job["rows_per_s"],
+                    "ratio": round(ray_job["rows_per_s"] / inline["rows_per_s"], 3),
+                    "inline_end_to_end_s": min(j["end_to_end_s"] for j in runs["inline"]),
+                    "ray_end_to_end_s": min(j["end_to_end_s"] for j in runs["ray"]),
+                    "ray_init_s": round(min(j["ray_start_s"] for j in runs["ray"]), 2),
+                    "ray_actor_startup_s": round(
+                        min(j.get("actors_ready_s", float("nan")) for j in runs["ray"]), 2
+                    ),
+                    "inline_cpu_us_per_row": inline["cpu_us_per_row"],
+                    "ray_cpu_us_per_row": ray_job["cpu_us_per_row"],
+                    "cost_model": _cost_model(ray_job) if "rows_per_actor_s" in ray_job else None,
+                    "all": runs,
+                }
+            )
+    results["load_average_at_end"] = os.getloadavg()
+    _print_table(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _print_table(results: dict) -> None:
+    print(
+        f"bench_score: {results['rows']} rows, {results['model']}, {results['machine']['cpus']} "
+        f"CPUs, load {results['load_average_at_start'][0]:.1f} at start; inline: torch default "
+        f"threads ({results['torch_threads_inline']}); ray: default pool of a local Ray"
+    )
+    cols = [
+        ("metrics", "metrics", "<16", ""),
+        ("inline rows/s", "inline_rows_per_s", ">14", ".0f"),
+        ("ray rows/s", "ray_rows_per_s", ">11", ".0f"),
+        ("ratio", "ratio", ">7", ".2f"),
+        ("inline e2e s", "inline_end_to_end_s", ">13", ".1f"),
+        ("ray e2e s", "ray_end_to_end_s", ">10", ".1f"),
+        ("ray.init s", "ray_init_s", ">11", ".1f"),
+        ("actors s", "ray_actor_startup_s", ">9", ".1f"),
+        ("inline us/row", "inline_cpu_us_per_row", ">14", ".1f"),
+        ("ray us/row", "ray_cpu_us_per_row", ">11", ".1f"),
+    ]
+    print("".join(f"{title:{align}}" for title, _, align, _ in cols))
+    for row in results["jobs"]:
+        print("".join(f"{row[key]:{align}{fmt}}" for _, key, align, fmt in cols))
+    print("cost model, rows/s with N actors of one CPU each (per-actor rate x N, driver-bound):")
+    for row in results["jobs"]:
+        model = row["cost_model"] or {"predicted_rows_per_s": {}, "driver_bound_rows_per_s": 0}
+        predicted = "  ".join(f"{n}: {v:.0f}" for n, v in model["predicted_rows_per_s"].items())
+        bound = model["driver_bound_rows_per_s"]
+        print(f"  {row['metrics']:<16} {predicted}   (driver bound {bound:.0f})")
 
 
 if __name__ == "__main__":

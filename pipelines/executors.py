@@ -1,4 +1,4 @@
-"""Where a scoring job's shards run: in this process, or on a Ray Data actor pool.
+"""Where a scoring job's shards run: in this process, or on a pool of Ray actors.
 
 Both executors score the shards ``todo`` of a ``ShardPlan`` with ``ShardScorer``, show a progress
 bar (rows/s and ETA) unless the job says ``progress=False``, record timings in ``timings`` and
@@ -9,17 +9,25 @@ inside ``run_ray``.
 running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
 and shuts it down (disconnects) at the end. A local Ray it starts is watched by
 ``pipelines.ray_watchdog``, which ends its processes if this process dies without shutting it
-down (SIGKILL, OOM). Actors never claim every CPU: an actor pool that does deadlocks Ray Data
-on a small machine.
+down (SIGKILL, OOM). Actors never claim every CPU (see ``plan_actors``).
+
+Why plain actors and not Ray Data's ``map_batches`` with an actor pool, which this job used
+before: measured on this project's 2-core box (200k rows, a 40-256-256-10 MLP, loss), the Ray
+Data job took 18 s from submitting the pool to its first committed shard, this pool 4 s; and
+Ray Data's actors (restartable, constructor arguments in the object store) made Ray print a
+``core_worker.cc`` warning through the progress bar on every run. The work is a list of shard
+numbers, each a call that commits its own output: nothing Ray Data adds is needed.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import logging
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from winnow.pipelines.jobspec import ScoreJob, ShardPlan
@@ -61,10 +69,12 @@ def plan_actors(
     cpus_per_actor: float | None,
     device: str,
 ) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU for Ray Data.
+    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU unclaimed.
 
+    The spare CPU is for the driver and Ray's own processes. (A pool claiming every CPU
+    deadlocked the Ray Data pool this job ran on before; the refusal is kept.)
     ``total_gpus=None``: not known yet (checked once Ray runs). Raises ``ValueError`` for a pool
-    that would claim every CPU (Ray Data then deadlocks) or GPUs that are not there.
+    that would claim every CPU or GPUs that are not there.
     """
     gpus_per_actor = 0.0
     if device != "cpu":
@@ -79,7 +89,8 @@ def plan_actors(
     if cpus_per_actor * actors >= total_cpus:
         raise ValueError(
             f"{actors} actors x {cpus_per_actor:g} CPUs claim all {total_cpus:g} CPUs of the "
-            "cluster; Ray Data then deadlocks. Use fewer actors or a smaller cpus_per_actor."
+            "cluster; leave one for the driver and Ray. Use fewer actors or a smaller "
+            "cpus_per_actor."
         )
     return actors, cpus_per_actor, gpus_per_actor
 
@@ -105,12 +116,15 @@ _SCORER_ENV = {
 
 
 def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float]) -> None:
-    """Score ``todo`` on an actor pool: one ``ShardScorer`` per actor, one shard per call.
+    """Score ``todo`` on a pool of ``ShardScorer`` actors, one shard per call.
 
     Ray is joined or started as the job's ``address`` and ``num_cpus`` say; the pool has the
-    job's ``actors`` x ``cpus_per_actor``. The driver only consumes one small report row per
-    committed shard (progress, timings) and raises ``ShardError`` for the first failed one;
-    in-flight shards may still commit.
+    job's ``actors`` x ``cpus_per_actor``, each actor with as many torch threads as CPUs it asked
+    for (rounded up, as Ray sets ``OMP_NUM_THREADS``). The driver hands each actor the next
+    shard as one finishes, keeping ``_IN_FLIGHT`` queued per actor so none waits for the driver,
+    and consumes one small report per committed shard (progress, timings). At the first failed
+    shard it stops handing out shards, lets the ones in flight finish, and raises
+    ``ShardError``.
     """
     import ray
 
@@ -119,6 +133,7 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
 
     own_ray = not ray.is_initialized()
     watchdog = None
+    actors: list[Any] = []
     try:
         if own_ray:
             t0 = time.perf_counter()
@@ -130,7 +145,9 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
                 # shutting it down (pipelines.ray_watchdog).
                 watchdog = Watchdog.start() if watchdog_supported() else None
                 tagged = watchdog.token_in_environ() if watchdog else contextlib.nullcontext()
-                with tagged:
+                # Ray's processes, and so its pre-started workers, inherit this environment:
+                # the actors get the malloc settings without a runtime_env (see _actor_options).
+                with tagged, _environ(_SCORER_ENV):
                     ray.init(
                         num_cpus=local_ray_cpus(job),
                         include_dashboard=False,
@@ -140,14 +157,6 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
             else:
                 ray.init(address=address, logging_level="ERROR")
             timings["ray_start_s"] = time.perf_counter() - t0
-        import ray.data
-
-        if own_ray:
-            # Our progress bar replaces Ray Data's own bars and per-dataset log lines.
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
         resources = ray.cluster_resources()
         n_actors, cpus, gpus = plan_actors(
             float(resources.get("CPU", 1.0)),
@@ -157,46 +166,133 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
             job.device,
         )
         n_actors = min(n_actors, len(todo))
-        shards = ray.data.from_items(
-            [{"shard": k} for k in todo], override_num_blocks=len(todo)
-        ).map_batches(
-            ShardScorer,
-            fn_constructor_kwargs={"plan": plan, "report_setup_errors": True},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=cpus,
-            num_gpus=gpus,
-            runtime_env={"env_vars": _SCORER_ENV},
-        )
         t0 = time.perf_counter()
-        arrivals: list[tuple[float, int]] = []  # (seconds since start, cumulative rows)
-        cpu_s = 0.0
+        actor_cls = ray.remote(ShardScorer).options(
+            **_actor_options(cpus, gpus, own_local=own_ray and address is None)
+        )
+        actors = [
+            actor_cls.remote(plan, report_setup_errors=True, threads=max(1, math.ceil(cpus)))
+            for _ in range(n_actors)
+        ]
+        driver_cpu = time.process_time()
         with _progress_bar(todo_rows, job.progress) as bar:
-            for report in shards.iter_rows():
-                if report["error"]:
-                    error_id = int(report["error_id"])
-                    raise ShardError(
-                        job.run,
-                        int(report["shard"]),
-                        None if error_id < 0 else error_id,
-                        str(report["error"]),
-                    )
-                rows = int(report["rows"])
-                arrivals.append(
-                    (time.perf_counter() - t0, rows + (arrivals[-1][1] if arrivals else 0))
-                )
-                cpu_s += float(report["cpu_seconds"])
-                bar.update(rows)
-        timings["scoring_s"] = time.perf_counter() - t0
-        timings["scoring_cpu_s"] = cpu_s  # summed over the actors' shard calls
-        timings["first_shard_s"] = arrivals[0][0]
+            pool = _Pool(ray, job.run, actors, todo)
+            for report in pool.reports():
+                bar.update(int(report["rows"]))
+        started = pool.ready_at[0]
+        timings["startup_s"] = started - t0  # the first actor built: torch imported, model loaded
+        timings["actors_ready_s"] = pool.ready_at[-1] - t0
+        timings["scoring_s"] = pool.arrivals[-1][0] - started
+        timings["scoring_cpu_s"] = pool.cpu_s  # summed over the actors' shard calls
+        # Per-actor cost (rows per busy second) and the driver's cost per shard: together they
+        # predict a larger pool (benchmarks/bench_score.py).
+        timings["scoring_busy_s"] = pool.busy_s
+        timings["driver_cpu_s"] = time.process_time() - driver_cpu
+        timings["first_shard_s"] = pool.arrivals[0][0] - started
+        arrivals = [(t - started, rows) for t, rows in pool.arrivals]
         timings.update(_steady_rate(arrivals, timings["scoring_s"]))
     finally:
+        for actor in actors:  # after the calls queued on it: shards in flight still commit
+            actor.__ray_terminate__.remote()
         if own_ray:
             ray.shutdown()
         if watchdog is not None:
             watchdog.close()
+
+
+# Shard calls queued per actor: the next shard is already there when one finishes, so an actor
+# never waits for the driver to see its report and send more.
+_IN_FLIGHT = 2
+
+
+class _Pool:
+    """Hands ``todo`` out to ``actors`` as they finish shards; records when things happened.
+
+    ``ready_at``: when each actor was built; ``arrivals``: (time, cumulative rows) per committed
+    shard (times from ``time.perf_counter()``); ``cpu_s`` and ``busy_s``: the actors' CPU and
+    wall seconds in their shard calls.
+    """
+
+    def __init__(self, ray: Any, run: str, actors: list[Any], todo: list[int]):
+        self._ray, self._run = ray, run
+        self._queue = collections.deque(todo)
+        # Calls on one actor run in the order submitted: ready() answers once it is built.
+        self._ready = {actor.ready.remote(): i for i, actor in enumerate(actors)}
+        self._calls: dict[Any, tuple[int, Any]] = {}
+        for index, actor in enumerate(actors):
+            for _ in range(_IN_FLIGHT):
+                self._submit(index, actor)
+        self.ready_at: list[float] = []
+        self.arrivals: list[tuple[float, int]] = []
+        self.cpu_s = self.busy_s = 0.0
+
+    def _submit(self, index: int, actor: Any) -> None:
+        if self._queue:
+            self._calls[actor.run.remote(self._queue.popleft())] = (index, actor)
+
+    def reports(self) -> Iterator[dict[str, Any]]:
+        """Each committed shard's report; raises ``ShardError`` once nothing is in flight."""
+        failure: ShardError | None = None
+        while self._calls:
+            (ref,), _ = self._ray.wait([*self._ready, *self._calls], num_returns=1)
+            now = time.perf_counter()
+            if ref in self._ready:
+                self._built(ref, now)
+                continue
+            index, actor = self._calls.pop(ref)
+            for ready_ref in [r for r, i in self._ready.items() if i == index]:
+                self._built(ready_ref, now)  # both answered at once: it was built by now
+            report = self._ray.get(ref)
+            if report["error"]:
+                if failure is None:
+                    error_id = int(report["error_id"])
+                    failure = ShardError(
+                        self._run, int(report["shard"]),
+                        None if error_id < 0 else error_id, str(report["error"]),
+                    )  # fmt: skip
+                    self._queue.clear()
+                continue
+            if failure is None:
+                self._submit(index, actor)
+            rows = int(report["rows"]) + (self.arrivals[-1][1] if self.arrivals else 0)
+            self.arrivals.append((now, rows))
+            self.cpu_s += float(report["cpu_seconds"])
+            self.busy_s += float(report["seconds"])
+            yield report
+        if failure is not None:
+            raise failure
+
+    def _built(self, ref: Any, now: float) -> None:
+        del self._ready[ref]
+        self._ray.get(ref)
+        self.ready_at.append(now)
+
+
+def _actor_options(cpus: float, gpus: float, *, own_local: bool) -> dict[str, Any]:
+    """Resources of one scorer actor, and how it gets ``_SCORER_ENV``.
+
+    A local Ray this job started already passes the variables to every worker (set for
+    ``ray.init``); elsewhere they come with a ``runtime_env``, which makes Ray start a new worker
+    process for the actor instead of taking an idle one (measured: +4 s before the actor's
+    constructor ran on this project's 2-core box). ``max_restarts=0``: an actor that dies fails
+    the job (``--resume`` continues it); restarting it would need its constructor arguments kept.
+    """
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0}
+    if not own_local:
+        options["runtime_env"] = {"env_vars": _SCORER_ENV}
+    return options
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the duration (variables already set are kept)."""
+    added = [key for key in values if key not in os.environ]
+    os.environ.update({key: values[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            del os.environ[key]
 
 
 def _steady_rate(arrivals: list[tuple[float, int]], total_s: float) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The offline scoring job: score every example with Ray Data and commit the scores to the store.
+"""The offline scoring job: score every example on Ray actors and commit the scores to the store.
 
     manifest = pipelines.score(
         "data/train.parquet", "mypkg.models:build", checkpoint="ckpt.pt",
@@ -12,10 +12,10 @@ types, ids, and a fingerprint of the files), the models and the actor pool
 (``pipelines.rerun``: continue it, replace it, or refuse saying which option applies).
 
 How it runs. Rows are cut into deterministic shards (shard ``k`` = row positions
-``[k*S, (k+1)*S)``); a Ray Data dataset of shard numbers flows through
-``map_batches(ShardScorer, compute=ActorPoolStrategy(...))``. Each actor builds the models and
-the data reader once, scores whole shards in mini-batches and commits each shard through the
-store's atomic writer before it reports the shard done. The driver only shows progress and, at
+``[k*S, (k+1)*S)``); the driver hands shard numbers to a pool of ``ShardScorer`` actors
+(``pipelines.executors``). Each actor builds the models and the data reader once, scores whole
+shards in mini-batches and commits each shard through the store's atomic writer before it
+reports the shard done. The driver only shows progress and, at
 the end, computes the faiss embedding metrics and writes the run manifest (last). ``resume=True``
 skips shards whose every output is already committed, so a crash at any point loses nothing and
 duplicates nothing.
@@ -25,8 +25,8 @@ Ray (``ray.init(num_cpus=...)``), watched by ``pipelines.ray_watchdog`` in case 
 dies, and shuts it down at the end; ``address="auto"`` or
 ``"ray://host:port"`` joins a cluster instead (the store root must then be reachable from every
 node). If Ray is already initialised in this process, that Ray is used and left running. Actors
-never claim every CPU (a 2-CPU pool of 1-CPU actors deadlocks Ray Data): by default each actor
-asks for ``(cpus - 1) / actors`` CPUs, at least 0.25. ``executor="inline"`` runs the same scorer
+never claim every CPU: by default each actor asks for ``(cpus - 1) / actors`` CPUs, at least
+0.25, and runs that many torch threads, rounded up. ``executor="inline"`` runs the same scorer
 in this process without Ray (debugging, and the baseline of ``benchmarks/bench_score.py``).
 """
 

@@ -2,8 +2,8 @@
 
 ``BatchScorer`` is the math on one mini-batch (no files, no Ray): it runs the model once and
 calls each requested metric's registry entry (``pipelines.metric_registry``). ``ShardScorer`` is
-the class Ray Data runs in an actor pool: it builds the models and the data reader once per
-actor, scores one shard of rows per call, and commits the shard through the store's atomic
+what runs a shard, in this process or as a Ray actor: it builds the models and the data reader
+once, scores one shard of rows per call, and commits the shard through the store's atomic
 writer before it reports back. A shard is therefore either fully in the store or not at all,
 which is what makes ``--resume`` exactly-once.
 
@@ -223,18 +223,25 @@ class ShardError(RuntimeError):
 
 
 class ShardScorer:
-    """Ray Data actor: ``{"shard": int64 [k]}`` in, one report row per shard out.
+    """Scores and commits whole shards; one per process (the inline loop, or one Ray actor).
 
-    Report columns: ``shard``, ``rows``, ``seconds`` (wall), ``cpu_seconds`` (this process's CPU
-    time, all threads), ``error`` (the cause; "" when committed),
+    ``run(shard)`` returns a report: ``shard``, ``rows``, ``seconds`` (wall), ``cpu_seconds``
+    (this process's CPU time, all threads), ``error`` (the cause; "" when committed),
     ``error_id`` (first failing ``example_id``, -1 if unknown). A failing user model is reported,
     not raised, so the driver can name the shard and id in one clear error; with
     ``report_setup_errors``, so is a failure to build the model or the data reader.
+    ``threads``: torch's intra-op thread count for this process (None: leave it as it is).
     """
 
-    def __init__(self, plan: ShardPlan, *, report_setup_errors: bool = False):
+    def __init__(
+        self, plan: ShardPlan, *, report_setup_errors: bool = False, threads: int | None = None
+    ):
         self.plan = plan
         self._setup_error = ""
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         if not report_setup_errors:
             self._setup()
             return
@@ -249,6 +256,12 @@ class ShardScorer:
     def setup_error(self) -> str:
         """Why building the model or data reader failed ("" if it did not)."""
         return self._setup_error
+
+    def ready(self) -> int:
+        """Torch's thread count here; an actor answers once it is built (start-up timing)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def _setup(self) -> None:
         from winnow.store import ScoreStore
@@ -276,30 +289,23 @@ class ShardScorer:
         self.outputs = scalar_outputs(job.entries)
         self.vectors = vector_outputs(job.entries)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        reports = []
-        for shard in np.asarray(batch["shard"]).tolist():
-            started, cpu_started = time.perf_counter(), time.process_time()
-            if self.setup_error:
-                reports.append((shard, 0, 0.0, 0.0, self.setup_error, -1))
-                continue
+    def run(self, shard: int) -> dict[str, Any]:
+        """Score and commit ``shard``; the report (see the class), never an exception."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        rows, error, error_id = 0, self.setup_error, -1
+        if not error:
             try:
-                rows = self.score_shard(int(shard))
-                error, error_id = "", -1
+                rows = self.score_shard(shard)
             except ShardError as exc:
-                rows, error = 0, exc.cause
+                error = exc.cause
                 error_id = -1 if exc.example_id is None else exc.example_id
-            seconds = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-            reports.append((shard, rows, seconds, cpu, error, error_id))
-        shards, rows, seconds, cpu, errors, error_ids = zip(*reports, strict=True)
         return {
-            "shard": np.asarray(shards, dtype=np.int64),
-            "rows": np.asarray(rows, dtype=np.int64),
-            "seconds": np.asarray(seconds, dtype=np.float64),
-            "cpu_seconds": np.asarray(cpu, dtype=np.float64),
-            "error": np.asarray(errors, dtype=object),
-            "error_id": np.asarray(error_ids, dtype=np.int64),
+            "shard": shard,
+            "rows": rows,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "error": error,
+            "error_id": error_id,
         }
 
     def score_shard(self, shard: int) -> int:

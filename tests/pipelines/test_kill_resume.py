@@ -107,12 +107,12 @@ def _run_to_end(cmd: list[str], timeout_s: float) -> tuple[int, str]:
 
 
 def _kill_driver_when(store: ScoreStore, cmd: list[str], min_shards: int, deadline_s: float):
-    """Start the driver; SIGKILL it once ``min_shards`` loss shards are committed."""
+    """Start the driver; SIGKILL it once ``min_shards`` shards are committed."""
     proc = _start(cmd)
     try:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end and proc.poll() is None:
-            if len(store.completed_shards("run", "loss")) >= min_shards:
+            if len(_committed(store)) >= min_shards:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"job ended before the kill: {_stderr(proc)}"
@@ -122,6 +122,12 @@ def _kill_driver_when(store: ScoreStore, cmd: list[str], min_shards: int, deadli
         proc.kill()
         proc.wait()
         _assert_nothing_left(proc)
+
+
+def _committed(store: ScoreStore) -> set[int]:
+    """Shards with both metrics committed: a SIGKILL can land between a shard's loss file and
+    its el2n file, and the job counts (and resume skips) only shards with every metric."""
+    return store.completed_shards("run", "loss") & store.completed_shards("run", "el2n")
 
 
 @pytest.mark.timeout(300)
@@ -140,14 +146,14 @@ def test_sigkill_driver_then_resume_gives_exactly_the_uninterrupted_result(ray_s
     rng = np.random.default_rng(7)
     first = int(rng.integers(1, 5))
     _kill_driver_when(store, _job_args(data, tmp_path / "store", "run"), first, 120)
-    after_first = store.completed_shards("run", "loss")
+    after_first = _committed(store)
     assert 0 < len(after_first) < N // SHARD
     assert store.manifest("run")["status"] == "running"
 
     second = len(after_first) + int(rng.integers(1, 4))
     resume = _job_args(data, tmp_path / "store", "run", "--resume")
     _kill_driver_when(store, resume, second, 120)
-    after_second = store.completed_shards("run", "loss")
+    after_second = _committed(store)
     assert after_first < after_second and len(after_second) < N // SHARD
 
     code, err = _run_to_end(resume, 100)

@@ -1,5 +1,6 @@
 """The scoring job on the session's real local Ray, checked against direct torch computations."""
 
+import re
 import subprocess
 import sys
 
@@ -228,12 +229,35 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "300 rows scored" in done.stderr and "rows/s" in done.stderr
+    # Ray's own C++ log lines ("[date time E pid tid] core_worker.cc:2465: Actor with class
+    # name ... has constructor arguments in the object store") would cut through the progress bar.
+    assert not re.search(r"^\[[\d-]+ [\d:,]+ \w \d+ \d+\] \w+\.cc:\d+", done.stderr, re.M), (
+        done.stderr[-3000:]
+    )
     assert ray_session.is_initialized() and ray_session.cluster_resources()["CPU"] == 2
     store = ScoreStore(tmp_path / "store")
     manifest = store.manifest("joined")
     assert manifest["status"] == "complete" and "ray_start_s" in manifest["extra"]
     loss, _ = _expected_loss(x, y)
     np.testing.assert_allclose(store.read("joined", "loss")[0], loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(120)
+def test_an_actor_runs_the_torch_threads_it_is_given_not_what_ray_set(ray_session, tmp_path):
+    """run_ray gives each actor ceil(its CPUs) threads; Ray alone would set 1 for 0.5 CPU."""
+    from winnow.pipelines.jobspec import ScoreJob, ShardPlan
+    from winnow.pipelines.scorer import ShardScorer
+
+    job = ScoreJob(
+        data=pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 10}), model=f"{FIX}:mlp",
+        store=tmp_path / "s", run="r", progress=False,
+    )  # fmt: skip
+    plan = ShardPlan(job=job, num_rows=10, shard_size=10)
+    actor = ray_session.remote(ShardScorer).options(num_cpus=0.5).remote(plan, threads=2)
+    try:
+        assert ray_session.get(actor.ready.remote()) == 2
+    finally:
+        ray_session.kill(actor)
 
 
 def test_parquet_without_id_column_is_scored_by_row_position(tmp_path):
