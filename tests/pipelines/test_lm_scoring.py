@@ -2,9 +2,6 @@
 documents from Parquet and Hugging Face datasets, windows, domains in SQL, learnability, grad
 norms, the inline executor and real Ray, resume, and bad token columns refused before Ray."""
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -231,13 +228,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("case", "first", "second"), BAD)
-def test_bad_token_columns_are_refused_before_ray(tmp_path, monkeypatch, case, first, second):
-    def no_ray(*args, **kwargs):
-        raise AssertionError("the job reached Ray")
-
-    monkeypatch.setattr("winnow.pipelines.job.run_ray", no_ray)
-    if sys.modules.get("ray") is not None:  # as a fresh process: the job would start its Ray
-        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+def test_bad_token_columns_are_refused_before_ray(tmp_path, ray_forbidden, case, first, second):
     data = _bad_tables(tmp_path)[case]
     import torch._dynamo  # noqa: F401  (what a meta-device transformer imports once, ~3 s)
 
@@ -270,34 +261,19 @@ def test_bad_options_name_the_option(corpus, options, message):
 
 
 @pytest.mark.timeout(120)
-def test_cli_refuses_a_bad_token_column_in_one_line_without_importing_ray(tmp_path):
+def test_cli_refuses_a_bad_token_column_in_one_line_without_importing_ray(tmp_path, cli_refusals):
     """torch._dynamo is imported first: building a transformer on the meta device imports it
     (torch's meta ops are Python references that do), ~3 s once on a loaded 2-core box."""
     bad = _bad_tables(tmp_path)
     runs = [["--data", bad["floats"]], ["--data", bad["too_large"]]]
-    code = (
-        "import json, sys, time, torch, torch._dynamo\n"
-        "from winnow.pipelines.cli import main\n"
-        "out = []\n"
-        "for extra in json.loads(sys.argv[1]):\n"
-        "    t0 = time.perf_counter()\n"
-        "    rc = main(sys.argv[2:] + extra)\n"
-        "    out.append([rc, time.perf_counter() - t0, 'ray' in sys.modules])\n"
-        "print(json.dumps(out))\n"
-    )
     argv = ["score", "--token-column", "tokens", "--metrics", "nll,perplexity",
             "--model", f"{FIX}:tiny_lm", "--store", str(tmp_path / "s"), "--run", "r",
             "--quiet"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(runs), *argv],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(done.stdout)
+    results, stderr = cli_refusals(argv, runs, preload="torch, torch._dynamo")
     assert [rc for rc, _, _ in results] == [1, 1]
     assert not any(imported for _, _, imported in results)
     assert all(seconds < 3.0 for _, seconds, _ in results), results
-    lines = done.stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("winnow score: error: ") for line in lines)
     assert "list<int>" in lines[0] and f"vocabulary of {VOCAB}" in lines[1]
     assert not (tmp_path / "s").exists()

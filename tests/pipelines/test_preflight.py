@@ -1,9 +1,6 @@
 """Everything `winnow score` can check before Ray starts is checked before Ray starts: fast, one
 line, nothing written, no Ray process."""
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -53,13 +50,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("options", "message"), CASES)
-def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, monkeypatch, options, message):
-    def no_ray(*args, **kwargs):
-        raise AssertionError("the job reached Ray")
-
-    monkeypatch.setattr("winnow.pipelines.job.run_ray", no_ray)
-    if sys.modules.get("ray") is not None:  # as a fresh process: the job would start its Ray
-        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, ray_forbidden, options, message):
     options = {k: v.format(**inputs) if isinstance(v, str) else v for k, v in options.items()}
     job = {"data": inputs["data"], "model": f"{FIX}:mlp", "feature_columns": "x",
            "store": tmp_path / "s", "run": "r", "progress": False, **options}  # fmt: skip
@@ -73,7 +64,7 @@ def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, monkeypatch, o
 
 
 @pytest.mark.timeout(120)
-def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs):
+def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs, cli_refusals):
     """The `winnow score` process itself: exit 1, one line, and Ray never imported (so no
     raylet or GCS was started). The clock starts after torch is imported, which every run pays
     (2-7 s on a loaded 2-core box)."""
@@ -82,28 +73,13 @@ def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs):
         ["--metrics", "embedding", "--embed-layer", "body.9"],
         ["--feature-columns", "nope"],
     ]
-    code = (
-        "import json, sys, time, torch\n"
-        "from winnow.pipelines.cli import main\n"
-        "out = []\n"
-        "for extra in json.loads(sys.argv[1]):\n"
-        "    t0 = time.perf_counter()\n"
-        "    rc = main(sys.argv[2:] + extra)\n"
-        "    out.append([rc, time.perf_counter() - t0, 'ray' in sys.modules])\n"
-        "print(json.dumps(out))\n"
-    )
     argv = ["score", "--data", inputs["data"], "--feature-columns", "x", "--model", f"{FIX}:mlp",
             "--store", str(tmp_path / "s"), "--run", "r", "--quiet"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(runs), *argv],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(done.stdout)
+    results, stderr = cli_refusals(argv, runs)
     assert [rc for rc, _, _ in results] == [1, 1, 1]
     assert not any(imported for _, _, imported in results)
     assert all(seconds < 3.0 for _, seconds, _ in results), results
-    lines = done.stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("winnow score: error: ") for line in lines)
     assert "pass --strip-prefix model." in lines[0] and "'body.9'" in lines[1]
     assert not (tmp_path / "s").exists()
