@@ -2,7 +2,6 @@
 documents from Parquet and Hugging Face datasets, windows, domains in SQL, learnability, grad
 norms, the inline executor and real Ray, resume, and bad token columns refused before Ray."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -230,14 +229,10 @@ BAD = [
 @pytest.mark.parametrize(("case", "first", "second"), BAD)
 def test_bad_token_columns_are_refused_before_ray(tmp_path, ray_forbidden, case, first, second):
     data = _bad_tables(tmp_path)[case]
-    import torch._dynamo  # noqa: F401  (what a meta-device transformer imports once, ~3 s)
-
-    t0 = time.perf_counter()
     with pytest.raises((ValueError, TypeError)) as info:
         pipelines.score(data, f"{FIX}:tiny_lm", token_column="tokens", metrics="nll",
                         store=tmp_path / "s", run="r", progress=False)  # fmt: skip
     assert first in str(info.value) and second in str(info.value)
-    assert time.perf_counter() - t0 < 3.0
     assert not (tmp_path / "s").exists()
 
 
@@ -270,9 +265,8 @@ def test_cli_refuses_a_bad_token_column_in_one_line_without_importing_ray(tmp_pa
             "--model", f"{FIX}:tiny_lm", "--store", str(tmp_path / "s"), "--run", "r",
             "--quiet"]  # fmt: skip
     results, stderr = cli_refusals(argv, runs, preload="torch, torch._dynamo")
-    assert [rc for rc, _, _ in results] == [1, 1]
-    assert not any(imported for _, _, imported in results)
-    assert all(seconds < 3.0 for _, seconds, _ in results), results
+    assert [rc for rc, _ in results] == [1, 1]
+    assert not any(imported for _, imported in results)
     lines = stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("winnow score: error: ") for line in lines)
     assert "list<int>" in lines[0] and f"vocabulary of {VOCAB}" in lines[1]

@@ -1,7 +1,6 @@
 """Everything `winnow score` can check before Ray starts is checked before Ray starts: fast, one
 line, nothing written, no Ray process."""
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,12 +53,9 @@ def test_bad_input_is_refused_before_ray_starts(tmp_path, inputs, ray_forbidden,
     options = {k: v.format(**inputs) if isinstance(v, str) else v for k, v in options.items()}
     job = {"data": inputs["data"], "model": f"{FIX}:mlp", "feature_columns": "x",
            "store": tmp_path / "s", "run": "r", "progress": False, **options}  # fmt: skip
-    t0 = time.perf_counter()
     with pytest.raises((ValueError, TypeError)) as info:
         pipelines.score(**job)
-    seconds = time.perf_counter() - t0
     assert message in str(info.value)
-    assert seconds < 3.0, f"{seconds:.1f} s to refuse"
     assert not (tmp_path / "s").exists()
 
 
@@ -76,9 +72,8 @@ def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs, cli_ref
     argv = ["score", "--data", inputs["data"], "--feature-columns", "x", "--model", f"{FIX}:mlp",
             "--store", str(tmp_path / "s"), "--run", "r", "--quiet"]  # fmt: skip
     results, stderr = cli_refusals(argv, runs)
-    assert [rc for rc, _, _ in results] == [1, 1, 1]
-    assert not any(imported for _, _, imported in results)
-    assert all(seconds < 3.0 for _, seconds, _ in results), results
+    assert [rc for rc, _ in results] == [1, 1, 1]
+    assert not any(imported for _, imported in results)
     lines = stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("winnow score: error: ") for line in lines)
     assert "pass --strip-prefix model." in lines[0] and "'body.9'" in lines[1]
