@@ -33,7 +33,7 @@ from winnow.pipelines.columns import (
     token_range,
 )
 from winnow.pipelines.fingerprint import file_entry
-from winnow.pipelines.source_base import Batch, SourcePlan
+from winnow.pipelines.source_base import Batch, SourcePlan, describe_table_source
 
 __all__ = ["HFDatasetSource", "check_hf_object", "hf_saved_kind", "is_hf_dataset"]
 
@@ -129,16 +129,7 @@ class HFDatasetSource:
         )
 
     def describe(self) -> dict[str, Any]:
-        from winnow.pipelines.parquet_source import _lm_keys
-
-        out = {
-            "kind": "hf_dataset",
-            "path": self.path,
-            "id_column": self.id_column,
-            "feature_columns": list(self.feature_columns),
-            "label_column": self.label_column,
-        }
-        return {**out, **_lm_keys(self)}
+        return describe_table_source(self, "hf_dataset")
 
     def _where(self) -> str:
         return f"dataset {self.path!r}" if self.path else "the Dataset"

@@ -24,7 +24,7 @@ from winnow.pipelines.columns import (
     token_range,
 )
 from winnow.pipelines.fingerprint import file_entry, parquet_footer_sha256
-from winnow.pipelines.source_base import Batch, SourcePlan
+from winnow.pipelines.source_base import Batch, SourcePlan, describe_table_source
 
 __all__ = ["ParquetSource"]
 
@@ -77,14 +77,7 @@ class ParquetSource:
         return posixpath.basename(path)
 
     def describe(self) -> dict[str, Any]:
-        out = {
-            "kind": "parquet",
-            "path": self.path,
-            "id_column": self.id_column,
-            "feature_columns": list(self.feature_columns),
-            "label_column": self.label_column,
-        }
-        return {**out, **_lm_keys(self)}
+        return describe_table_source(self, "parquet")
 
     def plan(self) -> SourcePlan:
         """Check every file's columns and types, and the ids; count rows; fingerprint the files.
@@ -150,17 +143,6 @@ class ParquetSource:
 
     def open(self) -> _ParquetReader:
         return _ParquetReader(self)
-
-
-def _lm_keys(source: Any) -> dict[str, Any]:
-    """The token and domain options of a source's description, only when set (so runs begun
-    before they existed still compare equal on resume)."""
-    out: dict[str, Any] = {}
-    if source.tokens:
-        out["tokens"] = True
-    if source.domain_column is not None:
-        out["domain_column"] = source.domain_column
-    return out
 
 
 def _token_range(pf: Any, column: str) -> tuple[int, int] | None:

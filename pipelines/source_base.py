@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Batch", "ItemError", "SourcePlan"]
+__all__ = ["Batch", "ItemError", "SourcePlan", "describe_table_source"]
 
 
 @dataclass
@@ -58,3 +58,21 @@ class ItemError(RuntimeError):
     def __init__(self, example_id: int | None, cause: BaseException):
         self.example_id = example_id
         super().__init__(f"{type(cause).__name__}: {cause}")
+
+
+def describe_table_source(source: Any, kind: str) -> dict[str, Any]:
+    """The description of a table source (Parquet, a Hugging Face dataset) that a resumed run
+    must match: its kind, path and columns. The token and domain options appear only when set,
+    so runs begun before they existed still compare equal on resume."""
+    out: dict[str, Any] = {
+        "kind": kind,
+        "path": source.path,
+        "id_column": source.id_column,
+        "feature_columns": list(source.feature_columns),
+        "label_column": source.label_column,
+    }
+    if source.tokens:
+        out["tokens"] = True
+    if source.domain_column is not None:
+        out["domain_column"] = source.domain_column
+    return out
