@@ -1,5 +1,6 @@
 """The scoring job on the session's real local Ray, checked against direct torch computations."""
 
+import json
 import re
 import subprocess
 import sys
@@ -240,6 +241,52 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     assert manifest["status"] == "complete" and "ray_start_s" in manifest["extra"]
     loss, _ = _expected_loss(x, y)
     np.testing.assert_allclose(store.read("joined", "loss")[0], loss, rtol=1e-5, atol=1e-6)
+
+
+_OWN_RAY_JOB = """
+import json, sys
+import ray
+import ray._private.node as node
+from winnow import pipelines
+
+monitor_at_shutdown = []
+kill_all = node.Node.kill_all_processes
+
+def spy(self, *args, **kwargs):
+    monitor_at_shutdown.extend(i.process.poll() for i in self.all_processes.get("monitor", ()))
+    return kill_all(self, *args, **kwargs)
+
+node.Node.kill_all_processes = spy
+source = pipelines.DatasetSource("tests.pipelines.scoring_fixtures:tensor_dataset", {"n": 200})
+manifest = pipelines.score(
+    source, "tests.pipelines.scoring_fixtures:mlp", store=sys.argv[1], run="own",
+    shard_size=100, executor="ray", progress=False,
+)
+print(json.dumps({"monitor": monitor_at_shutdown, "rows": manifest["row_counts"]["loss"],
+                  "shutdown_s": manifest["extra"]["ray_shutdown_s"],
+                  "still_up": ray.is_initialized()}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_that_starts_its_own_ray_ends_the_autoscaler_monitor_before_shutdown(tmp_path):
+    """Ray's shutdown stops the GCS, then gives the monitor a one-second grace period that its
+    SIGTERM handler (reporting to that GCS) always uses up; the job ends the monitor first."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _OWN_RAY_JOB, str(tmp_path / "store")], cwd=repo,
+        capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # -9: killed by the job before Ray's own shutdown reached it (Ray's SIGTERM would be -15)
+    assert report["monitor"] == [-9], report
+    assert report["rows"] == 200 and report["shutdown_s"] >= 0 and not report["still_up"]
+    assert not re.search(r"^\[[\d-]+ [\d:,]+ \w \d+ \d+\] \w+\.cc:\d+", done.stderr, re.M), (
+        done.stderr[-3000:]
+    )
 
 
 @pytest.mark.timeout(120)
