@@ -9,7 +9,7 @@ inside ``run_ray``.
 running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
 and shuts it down (disconnects) at the end. A local Ray it starts is watched by
 ``pipelines.ray_watchdog``, which ends its processes if this process dies without shutting it
-down (SIGKILL, OOM). Actors never claim every CPU (see ``plan_actors``).
+down (SIGKILL, OOM). By default the actors leave a CPU unclaimed (see ``plan_actors``).
 
 Why plain actors and not Ray Data's ``map_batches`` with an actor pool, which this job used
 before: measured on this project's 2-core box (200k rows, a 40-256-256-10 MLP, loss), the Ray
@@ -69,28 +69,34 @@ def plan_actors(
     cpus_per_actor: float | None,
     device: str,
 ) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) that leave at least one CPU unclaimed.
+    """(actors, CPUs per actor, GPUs per actor) for a cluster of ``total_cpus`` and GPUs.
 
-    The spare CPU is for the driver and Ray's own processes. (A pool claiming every CPU
-    deadlocked the Ray Data pool this job ran on before; the refusal is kept.)
+    By default the pool leaves one CPU unclaimed, for the driver and Ray's own processes (on
+    one machine they share its cores). A pool the user sized may claim every CPU, not more:
+    Ray would keep the actors it cannot place pending, and the job would wait forever.
     ``total_gpus=None``: not known yet (checked once Ray runs). Raises ``ValueError`` for a pool
-    that would claim every CPU or GPUs that are not there.
+    larger than the cluster, or GPUs that are not there.
     """
     gpus_per_actor = 0.0
     if device != "cpu":
         if total_gpus is not None and total_gpus < 1:
             raise ValueError(f"device {device!r} requested but the Ray cluster has no GPU")
         gpus_per_actor = 1.0
+        if actors is not None and total_gpus is not None and actors > total_gpus:
+            raise ValueError(
+                f"{actors} actors x 1 GPU need {actors} GPUs; the Ray cluster has "
+                f"{total_gpus:g}. Use at most {int(total_gpus)} actors."
+            )
         actors = actors or (int(total_gpus) if total_gpus is not None else None)
     if actors is None:
         actors = max(1, min(int(total_cpus), 8))
     if cpus_per_actor is None:  # (positive values are checked by ScoreJob)
         cpus_per_actor = max(0.25, min(4.0, (total_cpus - 1.0) / actors))
-    if cpus_per_actor * actors >= total_cpus:
+    if cpus_per_actor * actors > total_cpus + 1e-9:
         raise ValueError(
-            f"{actors} actors x {cpus_per_actor:g} CPUs claim all {total_cpus:g} CPUs of the "
-            "cluster; leave one for the driver and Ray. Use fewer actors or a smaller "
-            "cpus_per_actor."
+            f"{actors} actors x {cpus_per_actor:g} CPUs need {actors * cpus_per_actor:g} CPUs; "
+            f"the Ray cluster has {total_cpus:g}, so some actors would never start. Use fewer "
+            "actors or a smaller cpus_per_actor."
         )
     return actors, cpus_per_actor, gpus_per_actor
 

@@ -24,9 +24,10 @@ Ray. Imported lazily, only here. With no Ray running and no ``address``, the job
 Ray (``ray.init(num_cpus=...)``), watched by ``pipelines.ray_watchdog`` in case this process
 dies, and shuts it down at the end; ``address="auto"`` or
 ``"ray://host:port"`` joins a cluster instead (the store root must then be reachable from every
-node). If Ray is already initialised in this process, that Ray is used and left running. Actors
-never claim every CPU: by default each actor asks for ``(cpus - 1) / actors`` CPUs, at least
-0.25, and runs that many torch threads, rounded up. ``executor="inline"`` runs the same scorer
+node). If Ray is already initialised in this process, that Ray is used and left running. By
+default each actor asks for ``(cpus - 1) / actors`` CPUs, at least 0.25 (a CPU is left for the
+driver and Ray), and runs that many torch threads, rounded up; a pool sized by the user may
+claim every CPU, never more. ``executor="inline"`` runs the same scorer
 in this process without Ray (debugging, and the baseline of ``benchmarks/bench_score.py``).
 """
 

@@ -12,7 +12,7 @@ checked first, each with a one-line ``ValueError``/``TypeError``:
 - token documents: the token ids (their range, from ``source.plan()``) are ``>= 0`` and below
   each model's vocabulary (the last size of its logits for a 2-token input on ``meta``, else its
   first ``nn.Embedding``'s size);
-- the actor pool of a local Ray the job will start: it must not claim every CPU (with
+- the actor pool of a local Ray the job will start: it must fit its CPUs (with
   ``--device cuda`` only when ``--actors`` is given; otherwise it is one actor per GPU).
 
 See docs/scoring-job.md.

@@ -44,7 +44,7 @@ CASES = [
     ({"data": "{texts}", "feature_columns": "text"}, "feature column 'text'"),
     ({"label_column": None}, "need labels"),
     ({"data": "no_such_module_xyz:dataset"}, "cannot import module 'no_such_module_xyz'"),
-    ({"actors": 2, "cpus_per_actor": 1.0, "num_cpus": 2}, "claim all 2 CPUs"),
+    ({"actors": 3, "cpus_per_actor": 1.0, "num_cpus": 2}, "need 3 CPUs; the Ray cluster has 2"),
 ]  # fmt: skip
 
 
@@ -88,3 +88,35 @@ def test_a_gpu_pool_sized_by_the_gpu_count_is_not_refused_before_ray(tmp_path, m
     pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", device="cuda",
                     cpus_per_actor=1.0, num_cpus=2, progress=False)  # fmt: skip
     assert len(reached) == 1
+
+
+@pytest.mark.parametrize(
+    ("cluster", "request_", "expected"),
+    [
+        ((2.0, 0.0), (None, None, "cpu"), (2, 0.5, 0.0)),  # default: one CPU left over
+        ((16.0, 0.0), (None, None, "cpu"), (8, 15 / 8, 0.0)),
+        ((2.0, 0.0), (2, 1.0, "cpu"), (2, 1.0, 0.0)),  # sized by the user: may claim all
+        ((4.0, 2.0), (None, None, "cuda"), (2, 1.5, 1.0)),  # one actor per GPU
+    ],
+)
+def test_plan_actors_sizes_the_pool(cluster, request_, expected):
+    from winnow.pipelines.executors import plan_actors
+
+    assert plan_actors(*cluster, *request_) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "request_", "message"),
+    [
+        ((2.0, 0.0), (3, 1.0, "cpu"), "3 actors x 1 CPUs need 3 CPUs; the Ray cluster has 2"),
+        ((2.0, 0.0), (1, 2.5, "cpu"), "need 2.5 CPUs; the Ray cluster has 2"),
+        ((8.0, 0.0), (None, None, "cuda"), "requested but the Ray cluster has no GPU"),
+        ((8.0, 2.0), (3, None, "cuda"), "3 actors x 1 GPU need 3 GPUs; the Ray cluster has 2"),
+    ],
+)
+def test_plan_actors_refuses_a_pool_the_cluster_cannot_place(cluster, request_, message):
+    """Ray would keep the actors it cannot place pending: the job would wait forever."""
+    from winnow.pipelines.executors import plan_actors
+
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        plan_actors(*cluster, *request_)

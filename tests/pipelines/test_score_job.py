@@ -290,6 +290,23 @@ def test_a_job_that_starts_its_own_ray_ends_the_autoscaler_monitor_before_shutdo
 
 
 @pytest.mark.timeout(120)
+def test_a_pool_the_user_sized_to_every_cpu_scores_everything(ray_session, tmp_path):
+    """2 actors x 1 CPU on the session's 2-CPU Ray: the plain actor pool does not deadlock
+    (the Ray Data pool this job used before did, so such a pool used to be refused)."""
+    x, y = make_arrays(400, seed=0)
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 400})
+    manifest = pipelines.score(
+        source, f"{FIX}:mlp", store=tmp_path / "s", run="all-cpus", shard_size=50, actors=2,
+        cpus_per_actor=1.0, progress=False,
+    )  # fmt: skip
+    assert manifest["status"] == "complete" and manifest["extra"]["shards"] == 8
+    loss, _ = _expected_loss(x, y)
+    values, present = ScoreStore(tmp_path / "s").read("all-cpus", "loss")
+    assert present.all()
+    np.testing.assert_allclose(values, loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(120)
 def test_an_actor_runs_the_torch_threads_it_is_given_not_what_ray_set(ray_session, tmp_path):
     """run_ray gives each actor ceil(its CPUs) threads; Ray alone would set 1 for 0.5 CPU."""
     from winnow.pipelines.jobspec import ScoreJob, ShardPlan
