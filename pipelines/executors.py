@@ -121,7 +121,9 @@ _SCORER_ENV = {
 }
 
 
-def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float]) -> None:
+def run_ray(
+    plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float | int]
+) -> None:
     """Score ``todo`` on a pool of ``ShardScorer`` actors, one shard per call.
 
     Ray is joined or started as the job's ``address`` and ``num_cpus`` say; the pool has the
@@ -185,6 +187,8 @@ def run_ray(plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str,
             pool = _Pool(ray, job.run, actors, todo)
             for report in pool.reports():
                 bar.update(int(report["rows"]))
+        timings["actors"] = len(actors)
+        timings["ray_nodes"] = len(pool.nodes)
         started = pool.ready_at[0]
         timings["startup_s"] = started - t0  # the first actor built: torch imported, model loaded
         timings["actors_ready_s"] = pool.ready_at[-1] - t0
@@ -241,9 +245,10 @@ _IN_FLIGHT = 2
 class _Pool:
     """Hands ``todo`` out to ``actors`` as they finish shards; records when things happened.
 
-    ``ready_at``: when each actor was built; ``arrivals``: (time, cumulative rows) per committed
-    shard (times from ``time.perf_counter()``); ``cpu_s`` and ``busy_s``: the actors' CPU and
-    wall seconds in their shard calls.
+    ``ready_at``: when each actor was built; ``nodes``: the Ray nodes they run on;
+    ``arrivals``: (time, cumulative rows) per committed shard (times from
+    ``time.perf_counter()``); ``cpu_s`` and ``busy_s``: the actors' CPU and wall seconds in
+    their shard calls.
     """
 
     def __init__(self, ray: Any, run: str, actors: list[Any], todo: list[int]):
@@ -256,6 +261,7 @@ class _Pool:
             for _ in range(_IN_FLIGHT):
                 self._submit(index, actor)
         self.ready_at: list[float] = []
+        self.nodes: set[str] = set()
         self.arrivals: list[tuple[float, int]] = []
         self.cpu_s = self.busy_s = 0.0
 
@@ -297,7 +303,7 @@ class _Pool:
 
     def _built(self, ref: Any, now: float) -> None:
         del self._ready[ref]
-        self._ray.get(ref)
+        self.nodes.add(self._ray.get(ref)["node"])
         self.ready_at.append(now)
 
 

@@ -126,7 +126,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     done = _completed_shards(scores, plan)
     todo = [k for k in range(plan.num_shards) if k not in done]
     todo_rows = sum(plan.shard_rows(k)[1] - plan.shard_rows(k)[0] for k in todo)
-    timings: dict[str, float] = {}
+    timings: dict[str, float | int] = {}  # seconds, and counts (actors, ray_nodes)
     written: dict[str, Any] = {}
     try:
         if todo and job.executor == "inline":
@@ -163,7 +163,7 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
         "error": None,
         "failed_shard": None,
         "failed_id": None,
-        **{k: round(v, 3) for k, v in timings.items()},
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()},
     }
     manifest = scores.finish_run(job.run, status="complete", extra=extra)
     if job.progress:
@@ -174,8 +174,12 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
 def _print_summary(run: str, store_root: str, extra: Mapping[str, Any], skipped: int) -> None:
     rate = extra["rows_per_s"]
     resumed = f", {skipped} shards were already done" if skipped else ""
+    where = ""
+    if "actors" in extra:
+        nodes = extra["ray_nodes"]
+        where = f" on {extra['actors']} Ray actors ({nodes} node{'s' if nodes != 1 else ''})"
     print(
-        f"winnow score: run {run!r}: {extra['rows_scored']} rows scored in "
+        f"winnow score: run {run!r}: {extra['rows_scored']} rows scored{where} in "
         f"{extra['seconds']:.1f} s ({rate if rate is not None else '-'} rows/s while scoring"
         f"{resumed}); store {store_root}",
         file=sys.stderr,

@@ -15,6 +15,7 @@ metric still yields one value per document (docs/scoring-job.md, "Token document
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -257,11 +258,14 @@ class ShardScorer:
         """Why building the model or data reader failed ("" if it did not)."""
         return self._setup_error
 
-    def ready(self) -> int:
-        """Torch's thread count here; an actor answers once it is built (start-up timing)."""
+    def ready(self) -> dict[str, Any]:
+        """Where this scorer runs: ``threads`` (torch's thread count) and ``node`` (the Ray
+        node's id; "" outside Ray). An actor answers once it is built (start-up timing)."""
         import torch
 
-        return torch.get_num_threads()
+        ray = sys.modules.get("ray")
+        node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else ""
+        return {"threads": torch.get_num_threads(), "node": node}
 
     def _setup(self) -> None:
         from winnow.store import ScoreStore

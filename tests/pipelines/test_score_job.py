@@ -229,7 +229,7 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "300 rows scored" in done.stderr and "rows/s" in done.stderr
+    assert "300 rows scored on 2 Ray actors (1 node) in" in done.stderr and "rows/s" in done.stderr
     # Ray's own C++ log lines ("[date time E pid tid] core_worker.cc:2465: Actor with class
     # name ... has constructor arguments in the object store") would cut through the progress bar.
     assert not re.search(r"^\[[\d-]+ [\d:,]+ \w \d+ \d+\] \w+\.cc:\d+", done.stderr, re.M), (
@@ -289,6 +289,58 @@ def test_a_job_that_starts_its_own_ray_ends_the_autoscaler_monitor_before_shutdo
     )
 
 
+_TWO_NODE_JOB = """
+import json, sys
+from ray.cluster_utils import Cluster
+from winnow import pipelines
+
+# A head without CPUs and two worker nodes of one CPU each, all on this machine: each actor
+# of one CPU can only be placed on a node of its own.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+for _ in range(2):
+    cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+try:
+    source = pipelines.DatasetSource("tests.pipelines.scoring_fixtures:tensor_dataset", {"n": 600})
+    manifest = pipelines.score(
+        source, "tests.pipelines.scoring_fixtures:mlp", store=sys.argv[1], run="two-nodes",
+        shard_size=50, address=cluster.address, actors=2, cpus_per_actor=1.0,
+    )
+finally:
+    cluster.shutdown()
+print(json.dumps(manifest["extra"]))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_job_on_a_two_node_cluster_scores_each_shard_once_on_both_nodes(tmp_path):
+    """A real multi-node Ray (head + two worker nodes on this machine, ``ray.cluster_utils``)
+    joined with ``address``: the actors land on both nodes, the store gets every row once."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_NODE_JOB, str(tmp_path / "store")], cwd=repo,
+        capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    extra = json.loads(done.stdout.strip().splitlines()[-1])
+    assert extra["actors"] == 2 and extra["ray_nodes"] == 2, extra
+    assert extra["rows_scored"] == 600 and extra["shards"] == 12
+    assert "600 rows scored on 2 Ray actors (2 nodes) in" in done.stderr
+    x, y = make_arrays(600, seed=0)
+    loss, _ = _expected_loss(x, y)
+    store = ScoreStore(tmp_path / "store")
+    values, present = store.read("two-nodes", "loss")
+    assert present.all()
+    np.testing.assert_allclose(values, loss, rtol=1e-5, atol=1e-6)
+    counts = store.sql(
+        "SELECT count(*) AS n, count(DISTINCT example_id) AS ids FROM scores "
+        "WHERE run = 'two-nodes' AND metric = 'loss'"
+    ).to_pylist()
+    assert counts == [{"n": 600, "ids": 600}]
+
+
 @pytest.mark.timeout(120)
 def test_a_pool_the_user_sized_to_every_cpu_scores_everything(ray_session, tmp_path):
     """2 actors x 1 CPU on the session's 2-CPU Ray: the plain actor pool does not deadlock
@@ -319,7 +371,9 @@ def test_an_actor_runs_the_torch_threads_it_is_given_not_what_ray_set(ray_sessio
     plan = ShardPlan(job=job, num_rows=10, shard_size=10)
     actor = ray_session.remote(ShardScorer).options(num_cpus=0.5).remote(plan, threads=2)
     try:
-        assert ray_session.get(actor.ready.remote()) == 2
+        ready = ray_session.get(actor.ready.remote())
+        assert ready["threads"] == 2
+        assert ready["node"] == ray_session.get_runtime_context().get_node_id()
     finally:
         ray_session.kill(actor)
 
