@@ -1,6 +1,5 @@
 """Shared fixtures: one local Ray for the whole session, and MNIST-1D generated once."""
 
-import logging
 import os
 
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 for _key, _value in {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
@@ -27,10 +25,6 @@ def ray_session():
         logging_level="ERROR",
         object_store_memory=1 << 30,
     )
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ray.data.DataContext.get_current().print_on_execution_start = False
     yield ray
     ray.shutdown()
 

@@ -122,9 +122,7 @@ def installed(tmp_path_factory) -> Installed:
     pq.write_table(table, user / "data.parquet")
     drop = ("PYTHONPATH", "PYTHONHOME", "RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(
-        RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1"
-    )
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     return Installed(wheel, venv, site, user, env)
 
 
