@@ -4,6 +4,8 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from winnow.pipelines.scorer import ShardError
 from winnow.store import ScoreStore
 
 FIX = "tests.pipelines.scoring_fixtures"
+REPO = Path(__file__).resolve().parents[2]
 # Ray's own C++ log lines ("[date time E pid tid] core_worker.cc:2465: ..."), which would cut
 # through the progress bar.
 RAY_LOG_LINE = re.compile(r"^\[[\d-]+ [\d:,]+ \w \d+ \d+\] \w+\.cc:\d+", re.M)
@@ -219,18 +222,16 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     """`--address` joins an existing Ray (here the session's) and leaves it running; the data
     is a map-style Dataset built by a factory inside each actor."""
     import os
-    from pathlib import Path
 
     x, y = make_arrays(300, seed=0)  # = tensor_dataset(300): a map-style Dataset source
     address = ray_session.get_runtime_context().gcs_address
-    repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [
         sys.executable, "-m", "winnow.pipelines.job", "--data", f"{FIX}:tensor_dataset",
         "--model", f"{FIX}:mlp", "--store", str(tmp_path / "store"), "--run", "joined",
         "--address", address, "--shard-size", "100",
     ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=110)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "300 rows scored on 2 Ray actors (1 node) in" in done.stderr and "rows/s" in done.stderr
     # (Ray Data's restartable actors made Ray log "Actor with class name ... has constructor
@@ -242,6 +243,17 @@ def test_cli_job_joins_a_running_cluster_with_address(ray_session, tmp_path):
     assert manifest["status"] == "complete" and "ray_start_s" in manifest["extra"]
     loss, _ = _expected_loss(x, y)
     np.testing.assert_allclose(store.read("joined", "loss")[0], loss, rtol=1e-5, atol=1e-6)
+
+
+def _run_script(script: str, store: Path, timeout: float) -> tuple[Any, dict]:
+    """Run ``script`` (with ``store`` as its argument) in a fresh Python, from the repository;
+    returns the finished process and the JSON object on its last line of output."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(store)], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 _OWN_RAY_JOB = """
@@ -273,15 +285,7 @@ print(json.dumps({"monitor": monitor_at_shutdown, "rows": manifest["row_counts"]
 def test_a_job_that_starts_its_own_ray_ends_the_autoscaler_monitor_before_shutdown(tmp_path):
     """Ray's shutdown stops the GCS, then gives the monitor a one-second grace period that its
     SIGTERM handler (reporting to that GCS) always uses up; the job ends the monitor first."""
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", _OWN_RAY_JOB, str(tmp_path / "store")], cwd=repo,
-        capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    done, report = _run_script(_OWN_RAY_JOB, tmp_path / "store", timeout=110)
     # -9: killed by the job before Ray's own shutdown reached it (Ray's SIGTERM would be -15)
     assert report["monitor"] == [-9], report
     assert report["rows"] == 200 and report["shutdown_s"] >= 0 and not report["still_up"]
@@ -315,15 +319,7 @@ print(json.dumps(manifest["extra"]))
 def test_a_job_on_a_two_node_cluster_scores_each_shard_once_on_both_nodes(tmp_path):
     """A real multi-node Ray (head + two worker nodes on this machine, ``ray.cluster_utils``)
     joined with ``address``: the actors land on both nodes, the store gets every row once."""
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", _TWO_NODE_JOB, str(tmp_path / "store")], cwd=repo,
-        capture_output=True, text=True, timeout=170,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    extra = json.loads(done.stdout.strip().splitlines()[-1])
+    done, extra = _run_script(_TWO_NODE_JOB, tmp_path / "store", timeout=170)
     assert extra["actors"] == 2 and extra["ray_nodes"] == 2, extra
     assert extra["rows_scored"] == 600 and extra["shards"] == 12
     assert "600 rows scored on 2 Ray actors (2 nodes) in" in done.stderr
