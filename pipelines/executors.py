@@ -3,13 +3,15 @@
 Both executors score the shards ``todo`` of a ``ShardPlan`` with ``ShardScorer``, show a progress
 bar (rows/s and ETA) unless the job says ``progress=False``, record timings in ``timings`` and
 raise ``ShardError`` for the first shard whose user model or data fails. Ray is imported only
-inside ``run_ray``.
+inside ``ray_pool``.
 
-``run_ray`` uses the Ray already initialised in this process if there is one (and leaves it
-running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or joins ``address``,
-and shuts it down (disconnects) at the end. A local Ray it starts is watched by
+``ray_pool`` (a context manager) uses the Ray already initialised in this process if there is
+one (and leaves it running); otherwise it starts a local Ray (``ray.init(num_cpus=...)``), or
+joins ``address``, and shuts it down (disconnects) on exit; it sizes the actor pool from the
+cluster's resources before the job writes anything. A local Ray it starts is watched by
 ``pipelines.ray_watchdog``, which ends its processes if this process dies without shutting it
 down (SIGKILL, OOM). By default the actors leave a CPU unclaimed (see ``plan_actors``).
+``run_ray`` scores the shards on that pool.
 
 Why plain actors and not Ray Data's ``map_batches`` with an actor pool, which this job used
 before: measured on this project's 2-core box (200k rows, a 40-256-256-10 MLP, loss), the Ray
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -35,7 +38,7 @@ from winnow.pipelines.ray_watchdog import Watchdog
 from winnow.pipelines.ray_watchdog import supported as watchdog_supported
 from winnow.pipelines.scorer import ShardError, ShardScorer
 
-__all__ = ["local_ray_cpus", "plan_actors", "run_inline", "run_ray"]
+__all__ = ["RayPool", "local_ray_cpus", "plan_actors", "ray_pool", "run_inline", "run_ray"]
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -121,27 +124,34 @@ _SCORER_ENV = {
 }
 
 
-def run_ray(
-    plan: ShardPlan, todo: list[int], todo_rows: int, timings: dict[str, float | int]
-) -> None:
-    """Score ``todo`` on a pool of ``ShardScorer`` actors, one shard per call.
+@dataclasses.dataclass(frozen=True)
+class RayPool:
+    """A started or joined Ray and the actor pool it can place: ``actors`` x ``cpus`` CPUs and
+    ``gpus`` GPUs each; ``own_local``: a local Ray this job started (its processes inherited
+    the scorer's malloc settings)."""
 
-    Ray is joined or started as the job's ``address`` and ``num_cpus`` say; the pool has the
-    job's ``actors`` x ``cpus_per_actor``, each actor with as many torch threads as CPUs it asked
-    for (rounded up, as Ray sets ``OMP_NUM_THREADS``). The driver hands each actor the next
-    shard as one finishes, keeping ``_IN_FLIGHT`` queued per actor so none waits for the driver,
-    and consumes one small report per committed shard (progress, timings). At the first failed
-    shard it stops handing out shards, lets the ones in flight finish, and raises
-    ``ShardError``.
+    ray: Any
+    actors: int
+    cpus: float
+    gpus: float
+    own_local: bool
+
+
+@contextlib.contextmanager
+def ray_pool(job: ScoreJob, shards: int, timings: dict[str, float | int]) -> Iterator[RayPool]:
+    """Start or join Ray as ``job`` says and size the actor pool for ``shards`` shards to do.
+
+    Uses the Ray already initialised in this process if there is one (and leaves it running);
+    otherwise starts a local Ray (``num_cpus``) watched by ``pipelines.ray_watchdog``, or joins
+    ``address``, and shuts it down (disconnects) on exit. A pool the cluster cannot place
+    raises ``ValueError`` here, before the job writes anything: a joined cluster's CPUs and
+    GPUs are known only now.
     """
     import ray
 
-    job = plan.job
     address = job.address
-
     own_ray = not ray.is_initialized()
     watchdog = None
-    actors: list[Any] = []
     try:
         if own_ray:
             t0 = time.perf_counter()
@@ -173,37 +183,8 @@ def run_ray(
             job.cpus_per_actor,
             job.device,
         )
-        n_actors = min(n_actors, len(todo))
-        t0 = time.perf_counter()
-        actor_cls = ray.remote(ShardScorer).options(
-            **_actor_options(cpus, gpus, own_local=own_ray and address is None)
-        )
-        actors = [
-            actor_cls.remote(plan, report_setup_errors=True, threads=max(1, math.ceil(cpus)))
-            for _ in range(n_actors)
-        ]
-        driver_cpu = time.process_time()
-        with _progress_bar(todo_rows, job.progress) as bar:
-            pool = _Pool(ray, job.run, actors, todo)
-            for report in pool.reports():
-                bar.update(int(report["rows"]))
-        timings["actors"] = len(actors)
-        timings["ray_nodes"] = len(pool.nodes)
-        started = pool.ready_at[0]
-        timings["startup_s"] = started - t0  # the first actor built: torch imported, model loaded
-        timings["actors_ready_s"] = pool.ready_at[-1] - t0
-        timings["scoring_s"] = pool.arrivals[-1][0] - started
-        timings["scoring_cpu_s"] = pool.cpu_s  # summed over the actors' shard calls
-        # Per-actor cost (rows per busy second) and the driver's cost per shard: together they
-        # predict a larger pool (benchmarks/bench_score.py).
-        timings["scoring_busy_s"] = pool.busy_s
-        timings["driver_cpu_s"] = time.process_time() - driver_cpu
-        timings["first_shard_s"] = pool.arrivals[0][0] - started
-        arrivals = [(t - started, rows) for t, rows in pool.arrivals]
-        timings.update(_steady_rate(arrivals, timings["scoring_s"]))
+        yield RayPool(ray, min(n_actors, shards), cpus, gpus, own_ray and address is None)
     finally:
-        for actor in actors:  # after the calls queued on it: shards in flight still commit
-            actor.__ray_terminate__.remote()
         if own_ray:
             t0 = time.perf_counter()
             if address is None:
@@ -237,12 +218,64 @@ def _end_autoscaler_monitor(ray: Any) -> None:
             process.wait(timeout=5.0)
 
 
+def run_ray(
+    plan: ShardPlan,
+    todo: list[int],
+    todo_rows: int,
+    timings: dict[str, float | int],
+    pool: RayPool,
+) -> None:
+    """Score ``todo`` on ``pool`` (from ``ray_pool``): ``ShardScorer`` actors, one shard per call.
+
+    Each actor runs as many torch threads as CPUs it asked for (rounded up, as Ray sets
+    ``OMP_NUM_THREADS``). The driver hands each actor the next shard as one finishes, keeping
+    ``_IN_FLIGHT`` queued per actor so none waits for the driver, and consumes one small report
+    per committed shard (progress, timings). At the first failed shard it stops handing out
+    shards, lets the ones in flight finish, and raises ``ShardError``. The actors end with the
+    call.
+    """
+    ray, job = pool.ray, plan.job
+    actors: list[Any] = []
+    try:
+        t0 = time.perf_counter()
+        actor_cls = ray.remote(ShardScorer).options(
+            **_actor_options(pool.cpus, pool.gpus, own_local=pool.own_local)
+        )
+        threads = max(1, math.ceil(pool.cpus))
+        actors = [
+            actor_cls.remote(plan, report_setup_errors=True, threads=threads)
+            for _ in range(pool.actors)
+        ]
+        driver_cpu = time.process_time()
+        with _progress_bar(todo_rows, job.progress) as bar:
+            calls = _Calls(ray, job.run, actors, todo)
+            for report in calls.reports():
+                bar.update(int(report["rows"]))
+        timings["actors"] = len(actors)
+        timings["ray_nodes"] = len(calls.nodes)
+        started = calls.ready_at[0]
+        timings["startup_s"] = started - t0  # the first actor built: torch imported, model loaded
+        timings["actors_ready_s"] = calls.ready_at[-1] - t0
+        timings["scoring_s"] = calls.arrivals[-1][0] - started
+        timings["scoring_cpu_s"] = calls.cpu_s  # summed over the actors' shard calls
+        # Per-actor cost (rows per busy second) and the driver's cost per shard: together they
+        # predict a larger pool (benchmarks/bench_score.py).
+        timings["scoring_busy_s"] = calls.busy_s
+        timings["driver_cpu_s"] = time.process_time() - driver_cpu
+        timings["first_shard_s"] = calls.arrivals[0][0] - started
+        arrivals = [(t - started, rows) for t, rows in calls.arrivals]
+        timings.update(_steady_rate(arrivals, timings["scoring_s"]))
+    finally:
+        for actor in actors:  # after the calls queued on it: shards in flight still commit
+            actor.__ray_terminate__.remote()
+
+
 # Shard calls queued per actor: the next shard is already there when one finishes, so an actor
 # never waits for the driver to see its report and send more.
 _IN_FLIGHT = 2
 
 
-class _Pool:
+class _Calls:
     """Hands ``todo`` out to ``actors`` as they finish shards; records when things happened.
 
     ``ready_at``: when each actor was built; ``nodes``: the Ray nodes they run on;

@@ -33,13 +33,14 @@ in this process without Ray (debugging, and the baseline of ``benchmarks/bench_s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from winnow.pipelines.embed import EMBEDDING_METRICS, write_embedding_metrics
-from winnow.pipelines.executors import run_inline, run_ray
+from winnow.pipelines.executors import ray_pool, run_inline, run_ray
 from winnow.pipelines.jobspec import ScoreJob, ShardPlan, default_shard_size
 from winnow.pipelines.metric_registry import EMBEDDING, resolve_metrics, scalar_outputs
 from winnow.pipelines.models import describe_model
@@ -101,10 +102,6 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     check_job(job, data_plan)  # models, tokens, embedding layer, actor pool: before any write
     if decision.action == "continue":  # a resumed run keeps the shards it was cut into
         config["shard_size"] = decision.shard_size
-    elif decision.action == "replace":
-        scores.remove_run(job.run)
-        if job.progress:
-            print(f"winnow score: replacing run {job.run!r} ({decision.reason})", file=sys.stderr)
     plan = ShardPlan(
         job=job,
         num_rows=data_plan.num_rows,
@@ -114,39 +111,53 @@ def run_job(job: ScoreJob) -> dict[str, Any]:
     outputs = list(scalar_outputs(job.entries))
     if EMBEDDING in job.metrics:
         outputs += [*EMBEDDING_METRICS, *(_dup_metric(e) for e in job.dedup_eps)]
-    # On resume this marks the run "running" again, keeping its creation time.
-    scores.begin_run(
-        job.run,
-        kind="scores",
-        config=config,
-        model=identity,
-        num_examples=data_plan.num_examples,
-        metrics=tuple(outputs),
-    )
-    done = _completed_shards(scores, plan)
+    replace = decision.action == "replace"
+    done = set() if replace else _completed_shards(scores, plan)
     todo = [k for k in range(plan.num_shards) if k not in done]
     todo_rows = sum(plan.shard_rows(k)[1] - plan.shard_rows(k)[0] for k in todo)
     timings: dict[str, float | int] = {}  # seconds, and counts (actors, ray_nodes)
     written: dict[str, Any] = {}
-    try:
-        if todo and job.executor == "inline":
-            run_inline(plan, todo, todo_rows, timings)
-        elif todo:
-            run_ray(plan, todo, todo_rows, timings)
-        if EMBEDDING in job.metrics:
-            t0 = time.perf_counter()
-            written = write_embedding_metrics(
-                scores, job.run, num_clusters=job.num_clusters, dedup_eps=job.dedup_eps
-            )
-            timings["embedding_metrics_s"] = time.perf_counter() - t0
-    except ShardError as exc:
-        failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
-        scores.finish_run(job.run, status="failed", extra=failure)
-        raise
-    except BaseException as exc:  # any other end is recorded too, then re-raised as it was
-        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        scores.finish_run(job.run, status=status, extra={"error": _one_line(exc)})
-        raise
+    with contextlib.ExitStack() as ray_running:
+        pool = None
+        if todo and job.executor == "ray":
+            # Starts or joins Ray and sizes the pool: a joined cluster too small for it is
+            # refused here, before the store is touched.
+            pool = ray_running.enter_context(ray_pool(job, len(todo), timings))
+        if replace:
+            scores.remove_run(job.run)
+            if job.progress:
+                print(
+                    f"winnow score: replacing run {job.run!r} ({decision.reason})", file=sys.stderr
+                )
+        # On resume this marks the run "running" again, keeping its creation time.
+        scores.begin_run(
+            job.run,
+            kind="scores",
+            config=config,
+            model=identity,
+            num_examples=data_plan.num_examples,
+            metrics=tuple(outputs),
+        )
+        try:
+            if todo and pool is None:
+                run_inline(plan, todo, todo_rows, timings)
+            elif todo:
+                run_ray(plan, todo, todo_rows, timings, pool)
+            ray_running.close()  # Ray is shut down before the driver's own embedding work
+            if EMBEDDING in job.metrics:
+                t0 = time.perf_counter()
+                written = write_embedding_metrics(
+                    scores, job.run, num_clusters=job.num_clusters, dedup_eps=job.dedup_eps
+                )
+                timings["embedding_metrics_s"] = time.perf_counter() - t0
+        except ShardError as exc:
+            failure = {"error": str(exc), "failed_shard": exc.shard, "failed_id": exc.example_id}
+            scores.finish_run(job.run, status="failed", extra=failure)
+            raise
+        except BaseException as exc:  # any other end is recorded too, then re-raised as it was
+            status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+            scores.finish_run(job.run, status=status, extra={"error": _one_line(exc)})
+            raise
     seconds = time.perf_counter() - started
     scoring_s = timings.get("scoring_s", 0.0)
     extra = {

@@ -12,7 +12,7 @@ def ray_forbidden(monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("the job reached Ray")
 
-    monkeypatch.setattr("winnow.pipelines.job.run_ray", no_ray)
+    monkeypatch.setattr("winnow.pipelines.job.ray_pool", no_ray)  # starts or joins Ray
     if sys.modules.get("ray") is not None:  # as a fresh process: the job would start its Ray
         monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
 

@@ -82,12 +82,18 @@ def test_cli_refuses_in_one_line_without_importing_ray(tmp_path, inputs, cli_ref
 
 def test_a_gpu_pool_sized_by_the_gpu_count_is_not_refused_before_ray(tmp_path, monkeypatch):
     """Without --actors, a cuda pool has one actor per GPU, known only once Ray runs."""
-    reached = []
-    monkeypatch.setattr("winnow.pipelines.job.run_ray", lambda *args: reached.append(args))
+    class Reached(Exception):
+        pass
+
+    def ray_pool(job, shards, timings):
+        raise Reached(job.device, shards)
+
+    monkeypatch.setattr("winnow.pipelines.job.ray_pool", ray_pool)
     source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 20})
-    pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", device="cuda",
-                    cpus_per_actor=1.0, num_cpus=2, progress=False)  # fmt: skip
-    assert len(reached) == 1
+    with pytest.raises(Reached) as reached:
+        pipelines.score(source, f"{FIX}:mlp", store=tmp_path / "s", run="r", device="cuda",
+                        cpus_per_actor=1.0, num_cpus=2, progress=False)  # fmt: skip
+    assert reached.value.args == ("cuda", 1)
 
 
 @pytest.mark.parametrize(

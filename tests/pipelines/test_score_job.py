@@ -355,6 +355,28 @@ def test_a_pool_the_user_sized_to_every_cpu_scores_everything(ray_session, tmp_p
 
 
 @pytest.mark.timeout(120)
+def test_a_pool_larger_than_the_joined_cluster_is_refused_before_anything_is_written(
+    ray_session, tmp_path
+):
+    """A joined Ray's CPUs are known only once joined; the refusal still comes before the
+    store is touched: ``overwrite`` keeps the old run, a new run leaves no manifest."""
+    source = pipelines.DatasetSource(f"{FIX}:tensor_dataset", {"n": 200})
+    args = dict(store=tmp_path / "s", shard_size=100, progress=False)
+    first = pipelines.score(source, f"{FIX}:mlp", run="kept", executor="inline", **args)
+    store = ScoreStore(tmp_path / "s")
+    before = store.read("kept", "loss")[0]
+    too_big = dict(actors=3, cpus_per_actor=1.0, executor="ray")
+    with pytest.raises(ValueError, match="3 actors x 1 CPUs need 3 CPUs; the Ray cluster has 2"):
+        pipelines.score(source, f"{FIX}:mlp", run="kept", overwrite=True, **too_big, **args)
+    assert store.manifest("kept") == first
+    np.testing.assert_array_equal(store.read("kept", "loss")[0], before)
+    with pytest.raises(ValueError, match="need 3 CPUs"):
+        pipelines.score(source, f"{FIX}:mlp", run="new", **too_big, **args)
+    assert "new" not in {row["name"] for row in store.runs()}
+    assert ray_session.is_initialized()  # the session's Ray: used, left running
+
+
+@pytest.mark.timeout(120)
 def test_an_actor_runs_the_torch_threads_it_is_given_not_what_ray_set(ray_session, tmp_path):
     """run_ray gives each actor ceil(its CPUs) threads; Ray alone would set 1 for 0.5 CPU."""
     from winnow.pipelines.jobspec import ScoreJob, ShardPlan
