@@ -13,6 +13,17 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the session's Ray run after all the others (in their order).
+
+    Once ``ray_session`` has started Ray in the pytest process, that Ray's threads live until
+    the session ends, and a DataLoader worker forked from the process afterwards can crash: in
+    one CI run ``tests/samplers/test_hardbatch.py``'s prefetching worker died of SIGSEGV, after
+    the pipelines tests had started Ray. The tests that fork workers run before Ray starts.
+    """
+    items.sort(key=lambda item: "ray_session" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray (2 CPUs) shared by every Ray test of the session."""
